@@ -1,0 +1,199 @@
+// Thin pybind11 layer. It does not link libtorch: Python passes raw data addresses,
+// sizes and (for CUDA) the stream as integers, after checking dtypes, devices, shapes and
+// contiguity itself (python/difffit/ops.py). Here we only check what a wrong call could
+// turn into a crash: null pointers and non-positive sizes.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "difffit/kernels.h"
+
+namespace py = pybind11;
+using namespace difffit;
+
+namespace {
+
+enum Device { kCPU = 0, kCUDA = 1 };
+
+template <typename T>
+const T* cptr(uintptr_t p, const char* name) {
+  if (p == 0) throw std::invalid_argument(std::string("difffit: null pointer for ") + name);
+  return reinterpret_cast<const T*>(p);
+}
+template <typename T>
+T* mptr(uintptr_t p, const char* name) {
+  return const_cast<T*>(cptr<T>(p, name));
+}
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("difffit: " + what);
+}
+
+void no_cuda() {
+  throw std::runtime_error(
+      "difffit was built without CUDA kernels, so it cannot run on CUDA tensors. Rebuild "
+      "with nvcc on PATH: DIFFFIT_CUDA=ON pip install --no-build-isolation --force-reinstall "
+      "difffit (or run on the CPU with device='cpu').");
+}
+
+// Volume geometry as passed from Python: (nz, ny, nx, nc), origin xyz, voxel size xyz.
+template <typename T>
+VolumeView<T> volume(uintptr_t data, std::array<int64_t, 4> shape, std::array<double, 3> origin,
+                     std::array<double, 3> voxel) {
+  require(shape[0] > 0 && shape[1] > 0 && shape[2] > 0 && shape[3] > 0,
+          "volume shape must be positive");
+  for (double v : voxel) require(v > 0, "voxel size must be positive");
+  VolumeView<T> v;
+  v.data = cptr<T>(data, "volume");
+  v.nz = int(shape[0]); v.ny = int(shape[1]); v.nx = int(shape[2]); v.nc = int(shape[3]);
+  v.ox = T(origin[0]); v.oy = T(origin[1]); v.oz = T(origin[2]);
+  v.ivx = T(1.0 / voxel[0]); v.ivy = T(1.0 / voxel[1]); v.ivz = T(1.0 / voxel[2]);
+  return v;
+}
+
+template <typename T>
+Placements<T> placements(uintptr_t quat, uintptr_t trans, uintptr_t mol_idx, int64_t n) {
+  require(n >= 0, "number of placements must be >= 0");
+  return Placements<T>{cptr<T>(quat, "quat"), cptr<T>(trans, "trans"),
+                       cptr<int64_t>(mol_idx, "mol_idx"), n};
+}
+
+template <typename T>
+void score(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<double, 3> origin,
+           std::array<double, 3> voxel, uintptr_t weights, uintptr_t points, uintptr_t offsets,
+           int64_t n_mol, uintptr_t quat, uintptr_t trans, uintptr_t mol_idx, int64_t n_place,
+           uintptr_t out_score, uintptr_t out_grad_q, uintptr_t out_grad_t, uintptr_t stream) {
+  ScoreArgs<T> a;
+  a.vol = volume<T>(vol, shape, origin, voxel);
+  a.weights = cptr<T>(weights, "weights");
+  a.points = cptr<T>(points, "points");
+  a.offsets = cptr<int64_t>(offsets, "offsets");
+  a.n_mol = n_mol;
+  a.place = placements<T>(quat, trans, mol_idx, n_place);
+  a.score = mptr<T>(out_score, "score");
+  a.grad_q = mptr<T>(out_grad_q, "grad_q");
+  a.grad_t = mptr<T>(out_grad_t, "grad_t");
+  if (n_place == 0) return;
+  if (device == kCPU) {
+    py::gil_scoped_release nogil;
+    score_cpu<T>(a);
+  } else {
+#ifdef DIFFFIT_WITH_CUDA
+    score_cuda<T>(a, reinterpret_cast<void*>(stream));
+#else
+    (void)stream;
+    no_cuda();
+#endif
+  }
+}
+
+template <typename T>
+void stats(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<double, 3> origin,
+           std::array<double, 3> voxel, int channel, double threshold, uintptr_t points,
+           uintptr_t point_weights, uintptr_t offsets, int64_t n_mol, uintptr_t quat,
+           uintptr_t trans, uintptr_t mol_idx, int64_t n_place, uintptr_t out_stats,
+           uintptr_t stream) {
+  StatsArgs<T> a;
+  a.vol = volume<T>(vol, shape, origin, voxel);
+  require(channel >= 0 && channel < shape[3], "channel out of range");
+  a.channel = channel;
+  a.threshold = T(threshold);
+  a.points = cptr<T>(points, "points");
+  a.point_weights = cptr<T>(point_weights, "point_weights");
+  a.offsets = cptr<int64_t>(offsets, "offsets");
+  a.n_mol = n_mol;
+  a.place = placements<T>(quat, trans, mol_idx, n_place);
+  a.stats = mptr<T>(out_stats, "stats");
+  if (n_place == 0) return;
+  if (device == kCPU) {
+    py::gil_scoped_release nogil;
+    stats_cpu<T>(a);
+  } else {
+#ifdef DIFFFIT_WITH_CUDA
+    stats_cuda<T>(a, reinterpret_cast<void*>(stream));
+#else
+    (void)stream;
+    no_cuda();
+#endif
+  }
+}
+
+template <typename T>
+void splat(int device, uintptr_t points, uintptr_t amplitudes, int64_t n_points, double sigma,
+           double cutoff, uintptr_t grid, std::array<int64_t, 3> shape,
+           std::array<double, 3> origin, std::array<double, 3> voxel, uintptr_t stream) {
+  require(sigma > 0, "sigma must be positive");
+  require(cutoff > 0, "cutoff must be positive");
+  require(shape[0] > 0 && shape[1] > 0 && shape[2] > 0, "grid shape must be positive");
+  for (double v : voxel) require(v > 0, "voxel size must be positive");
+  SplatArgs<T> a;
+  a.n_points = n_points;
+  a.sigma = T(sigma);
+  a.cutoff = T(cutoff);
+  a.grid = mptr<T>(grid, "grid");
+  a.nz = int(shape[0]); a.ny = int(shape[1]); a.nx = int(shape[2]);
+  a.ox = T(origin[0]); a.oy = T(origin[1]); a.oz = T(origin[2]);
+  a.vx = T(voxel[0]); a.vy = T(voxel[1]); a.vz = T(voxel[2]);
+  if (n_points == 0) return;
+  a.points = cptr<T>(points, "points");
+  a.amplitudes = cptr<T>(amplitudes, "amplitudes");
+  if (device == kCPU) {
+    py::gil_scoped_release nogil;
+    splat_cpu<T>(a);
+  } else {
+#ifdef DIFFFIT_WITH_CUDA
+    splat_cuda<T>(a, reinterpret_cast<void*>(stream));
+#else
+    (void)stream;
+    no_cuda();
+#endif
+  }
+}
+
+py::dict build_info() {
+  py::dict d;
+#ifdef DIFFFIT_WITH_CUDA
+  d["cuda"] = true;
+  d["cuda_version"] = DIFFFIT_CUDA_VERSION;
+  d["cuda_architectures"] = DIFFFIT_CUDA_ARCHS;
+#else
+  d["cuda"] = false;
+  d["cuda_version"] = py::none();
+  d["cuda_architectures"] = py::none();
+#endif
+#ifdef _OPENMP
+  d["openmp"] = true;
+  d["openmp_version"] = int(_OPENMP);
+#else
+  d["openmp"] = false;
+  d["openmp_version"] = py::none();
+#endif
+#if defined(__clang__)
+  d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+  d["compiler"] = std::string("msvc ") + std::to_string(_MSC_VER);
+#else
+  d["compiler"] = std::string("unknown");
+#endif
+  d["num_stats"] = kNumStats;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "difffit compiled kernels (raw-pointer interface; use difffit.ops instead)";
+  m.def("build_info", &build_info);
+  m.def("score_f32", &score<float>);
+  m.def("score_f64", &score<double>);
+  m.def("stats_f32", &stats<float>);
+  m.def("stats_f64", &stats<double>);
+  m.def("splat_f32", &splat<float>);
+  m.def("splat_f64", &splat<double>);
+}

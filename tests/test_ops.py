@@ -1,0 +1,235 @@
+"""The compiled CPU kernels against their pure-PyTorch references (float64, tight), autograd,
+opcheck, torch.compile and the edge cases of the kernel testing contract."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+from difffit import DifffitInputError, ops
+from difffit.reference import point_stats_reference, score_reference, splat_reference
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_case(dtype=torch.float64, C=3, sizes=(1, 50, 200), P=40, shape=(17, 13, 11),
+              voxel=(1.1, 0.9, 1.3), spread=6.0, seed=0):
+    """A smooth random volume with anisotropic voxels and a ragged batch of molecules."""
+    g = torch.Generator().manual_seed(seed)
+    D, H, W = shape
+    vol = torch.randn(D, H, W, C, generator=g, dtype=dtype)
+    # Smooth it a little so gradients are meaningful.
+    vol = torch.nn.functional.avg_pool3d(vol.permute(3, 0, 1, 2)[None], 3, 1, 1)[0].permute(1, 2, 3, 0).contiguous()
+    weights = torch.rand(C, generator=g, dtype=dtype) + 0.5
+    origin = (-3.0, 2.0, 5.0)
+    centre = torch.tensor(origin, dtype=dtype) + torch.tensor(voxel, dtype=dtype) * torch.tensor([W, H, D], dtype=dtype) / 2
+    points = torch.randn(sum(sizes), 3, generator=g, dtype=dtype) * spread / 2
+    offsets = torch.tensor([0] + list(np.cumsum(sizes)), dtype=torch.int64)
+    quat = torch.randn(P, 4, generator=g, dtype=dtype) * 1.7  # unnormalised on purpose
+    trans = centre + torch.randn(P, 3, generator=g, dtype=dtype) * 3
+    mol_idx = torch.randint(0, len(sizes), (P,), generator=g)
+    return vol, weights, origin, voxel, points, offsets, quat, trans, mol_idx
+
+
+def test_score_matches_reference_float64():
+    vol, w, o, v, pts, off, q, t, m = make_case()
+    got = ops.score(vol, w, o, v, pts, off, q, t, m)
+    want = score_reference(vol, w, o, v, pts, off, q, t, m)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_score_float32_close_to_float64():
+    case = make_case()
+    s64 = ops.score(*case)
+    case32 = [c.float() if torch.is_tensor(c) and c.is_floating_point() else c for c in case]
+    s32 = ops.score(*case32)
+    torch.testing.assert_close(s32.double(), s64, rtol=1e-5, atol=1e-5)
+
+
+def test_analytic_gradient_matches_autograd_of_reference():
+    vol, w, o, v, pts, off, q, t, m = make_case()
+    q1, t1 = q.clone().requires_grad_(), t.clone().requires_grad_()
+    q2, t2 = q.clone().requires_grad_(), t.clone().requires_grad_()
+    up = torch.randn(q.shape[0], dtype=q.dtype)
+    (ops.score(vol, w, o, v, pts, off, q1, t1, m) * up).sum().backward()
+    (score_reference(vol, w, o, v, pts, off, q2, t2, m) * up).sum().backward()
+    torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(t1.grad, t2.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_score_with_grad_returns_the_gradients():
+    vol, w, o, v, pts, off, q, t, m = make_case(P=7)
+    s, gq, gt = ops.score_with_grad(vol, w, o, v, pts, off, q, t, m)
+    qq, tt = q.clone().requires_grad_(), t.clone().requires_grad_()
+    ops.score(vol, w, o, v, pts, off, qq, tt, m).sum().backward()
+    torch.testing.assert_close(gq, qq.grad)
+    torch.testing.assert_close(gt, tt.grad)
+    # Through the normalisation: d score / dq is orthogonal to q.
+    assert torch.allclose((gq * q).sum(1), torch.zeros(7, dtype=q.dtype), atol=1e-10)
+
+
+def test_gradcheck():
+    vol, w, o, v, pts, off, q, t, m = make_case(sizes=(3, 5), P=4, spread=3.0)
+    q.requires_grad_()
+    t.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda q_, t_: ops.score(vol, w, o, v, pts, off, q_, t_, m), (q, t), eps=1e-6, atol=1e-6)
+
+
+def test_opcheck():
+    vol, w, o, v, pts, off, q, t, m = make_case(sizes=(3, 5), P=4)
+    frame = list(o) + list(v)
+    q.requires_grad_()
+    t.requires_grad_()
+    torch.library.opcheck(ops._score_op, (vol, w, frame, pts, off, q, t, m))
+    torch.library.opcheck(ops._stats_op, (vol, frame, pts, torch.rand(8, dtype=vol.dtype), off,
+                                          q.detach(), t.detach(), m, 1, 0.1))
+    torch.library.opcheck(ops._splat_op, (pts, torch.rand(8, dtype=pts.dtype), 1.5, 3.0,
+                                          [6, 5, 4], frame))
+
+
+def test_torch_compile_fullgraph_forward_backward():
+    vol, w, o, v, pts, off, q, t, m = make_case(P=9)
+
+    def loss(q_, t_):
+        return -ops.score(vol, w, o, v, pts, off, q_, t_, m, validate=False).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    q1, t1 = q.clone().requires_grad_(), t.clone().requires_grad_()
+    q2, t2 = q.clone().requires_grad_(), t.clone().requires_grad_()
+    l1, l2 = loss(q1, t1), compiled(q2, t2)
+    l1.backward()
+    l2.backward()
+    torch.testing.assert_close(l1, l2)
+    torch.testing.assert_close(q1.grad, q2.grad)
+    torch.testing.assert_close(t1.grad, t2.grad)
+
+
+def test_atoms_outside_the_grid_clamp_to_the_border():
+    vol, w, o, v, pts, off, q, t, m = make_case(P=12)
+    t = t + torch.tensor([200.0, -150.0, 90.0], dtype=t.dtype)  # everything far outside
+    got, gq, gt = ops.score_with_grad(vol, w, o, v, pts, off, q, t, m)
+    want = score_reference(vol, w, o, v, pts, off, q, t, m)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # Far outside on every axis the value is one corner voxel and nothing moves it.
+    assert torch.all(gt == 0) and torch.all(gq == 0)
+    corner = (vol[-1, 0, -1] * w).sum()  # z high, y low, x high
+    torch.testing.assert_close(got, corner.expand_as(got))
+
+
+def test_single_atom_and_one_voxel_thick_axis():
+    vol, w, o, v, pts, off, q, t, m = make_case(sizes=(1,), P=5, shape=(3, 9, 8))
+    vol = vol[:1].contiguous()
+    got = ops.score(vol, w, o, v, pts, off, q, t, m)
+    # A one-voxel axis is constant along that axis: compare with a 2-voxel copy of it.
+    vol2 = vol.expand(2, -1, -1, -1).contiguous()
+    want = score_reference(vol2, w, o, v, pts, off, q, t, m)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_point_stats_matches_reference():
+    vol, w, o, v, pts, off, q, t, m = make_case()
+    pw = torch.rand(pts.shape[0], dtype=pts.dtype)
+    got = ops.point_stats(vol, o, v, pts, pw, off, q, t, m, channel=2, threshold=0.05)
+    want = point_stats_reference(vol, o, v, pts, pw, off, q, t, m, channel=2, threshold=0.05)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_splat_matches_reference_and_molmap_integral():
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(60, 3, generator=g, dtype=torch.float64) * 10 + 2
+    amp = torch.randint(6, 9, (60,), generator=g).double()
+    args = (pts, amp, 1.2, 3.0, (14, 15, 16), (0.5, 0.0, -0.5), (1.0, 0.95, 1.05))
+    got = ops.splat(*args)
+    torch.testing.assert_close(got, splat_reference(*args), rtol=1e-12, atol=1e-12)
+    # With a wide cutoff on a fine grid each Gaussian integrates to amp (2 pi)^1.5 sigma^3.
+    one = ops.splat(torch.tensor([[5.0, 5.0, 5.0]], dtype=torch.float64), torch.tensor([7.0], dtype=torch.float64),
+                    1.0, 5.0, (41, 41, 41), (0.0, 0.0, 0.0), (0.25, 0.25, 0.25))
+    assert math.isclose(float(one.sum()) * 0.25 ** 3, 7 * (2 * math.pi) ** 1.5, rel_tol=1e-4)
+
+
+def test_numpy_in_numpy_out():
+    case = make_case(P=6)
+    np_case = [c.numpy() if torch.is_tensor(c) else c for c in case]
+    got = ops.score(*np_case)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, ops.score(*case).numpy())
+
+
+def test_real_map_score_peaks_at_the_deposited_pose():
+    """On a real map the deposited model scores higher than the same model moved away."""
+    import gemmi
+
+    with mrcfile.open(DATA / "daq_emd2566_3j6b" / "2566_3J6B_9.mrc", permissive=False) as mrc:
+        data = np.asarray(mrc.data, dtype=np.float64)
+        origin = [float(mrc.header.origin[a]) for a in "xyz"]
+        voxel = [float(mrc.voxel_size[a]) for a in "xyz"]
+    st = gemmi.read_structure(str(DATA / "daq_emd2566_3j6b" / "3J6B_9.pdb"))
+    xyz = np.array([[a.pos.x, a.pos.y, a.pos.z] for r in st[0][0] for a in r if a.name == "CA"])
+    c = xyz.mean(0)
+    vol = torch.from_numpy(np.ascontiguousarray(data[..., None]))
+    pts = torch.from_numpy(xyz - c)
+    off = torch.tensor([0, len(xyz)])
+    q = torch.tensor([[1.0, 0, 0, 0], [0.9, 0.3, 0.1, 0.0], [1.0, 0, 0, 0]], dtype=torch.float64)
+    t = torch.from_numpy(np.stack([c, c, c + np.array([4.0, 0, 0])]))
+    m = torch.zeros(3, dtype=torch.int64)
+    s = ops.score(vol, torch.ones(1, dtype=torch.float64), origin, voxel, pts, off, q, t, m)
+    assert s[0] > s[1] + 0.5 * s[0].abs() and s[0] > s[2]
+    torch.testing.assert_close(s, score_reference(vol, torch.ones(1, dtype=torch.float64), origin, voxel, pts, off, q, t, m))
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: a clear error, never silent garbage.
+
+
+def test_wrong_dtype_is_rejected():
+    vol, w, o, v, pts, off, q, t, m = make_case()
+    with pytest.raises(DifffitInputError, match="quat must have dtype"):
+        ops.score(vol, w, o, v, pts, off, q.float(), t, m)
+    with pytest.raises(DifffitInputError, match="offsets must have dtype"):
+        ops.score(vol, w, o, v, pts, off.int(), q, t, m)
+
+
+def test_wrong_shape_is_rejected():
+    vol, w, o, v, pts, off, q, t, m = make_case()
+    with pytest.raises(DifffitInputError, match="points must have shape"):
+        ops.score(vol, w, o, v, pts[:, :2].contiguous(), off, q, t, m)
+    with pytest.raises(DifffitInputError, match="weights must have shape"):
+        ops.score(vol, w[:2].contiguous(), o, v, pts, off, q, t, m)
+    with pytest.raises(DifffitInputError, match="volume must have shape"):
+        ops.score(vol[..., 0].contiguous(), w, o, v, pts, off, q, t, m)
+
+
+def test_non_contiguous_is_rejected():
+    vol, w, o, v, pts, off, q, t, m = make_case()
+    with pytest.raises(DifffitInputError, match="contiguous"):
+        ops.score(vol, w, o, v, pts, off, q.t().contiguous().t(), t, m)
+    with pytest.raises(DifffitInputError, match="contiguous"):
+        ops.score(vol.transpose(0, 2), w, o, v, pts, off, q, t, m)
+
+
+def test_empty_molecule_and_bad_indices_are_rejected():
+    vol, w, o, v, pts, off, q, t, m = make_case(sizes=(5, 7))
+    bad = torch.tensor([0, 5, 5, 12])
+    with pytest.raises(DifffitInputError, match="molecule 1 has no atoms"):
+        ops.score(vol, w, o, v, pts, bad, q, t, m)
+    with pytest.raises(DifffitInputError, match="mol_idx must lie"):
+        ops.score(vol, w, o, v, pts, off, q, t, m + 5)
+    with pytest.raises(DifffitInputError, match="end at the number of points"):
+        ops.score(vol, w, o, v, pts, torch.tensor([0, 5, 11]), q, t, m)
+    with pytest.raises(DifffitInputError, match="voxel_size must be positive"):
+        ops.score(vol, w, o, (1.0, 0.0, 1.0), pts, off, q, t, m)
+
+
+def test_cuda_tensor_on_cpu_only_build_says_how_to_rebuild():
+    import difffit
+
+    if difffit.build_info()["cuda"] or not torch.cuda.is_available():
+        pytest.skip("needs a GPU with a CPU-only build to provoke the error")
+    vol, w, o, v, pts, off, q, t, m = [c.cuda() if torch.is_tensor(c) else c for c in make_case()]
+    with pytest.raises(RuntimeError, match="Rebuild"):
+        ops.score(vol, w, o, v, pts, off, q, t, m)
