@@ -12,7 +12,6 @@ from difffit.rotations import (
     quat_canonical,
     quat_conjugate,
     quat_multiply,
-    quat_normalize,
     quat_to_matrix,
     random_rotations,
     rotation_angle_deg,
