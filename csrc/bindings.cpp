@@ -46,6 +46,9 @@ VolumeView<T> volume(uintptr_t data, std::array<int64_t, 4> shape, std::array<do
                      std::array<double, 3> voxel) {
   require(shape[0] > 0 && shape[1] > 0 && shape[2] > 0 && shape[3] > 0,
           "volume shape must be positive");
+  require(shape[3] <= kMaxChannels, "volume has more than 64 channels");
+  require(shape[0] * shape[1] * shape[2] * shape[3] < (int64_t(1) << 31),
+          "volume has 2^31 values or more; crop or downsample the map");
   for (double v : voxel) require(v > 0, "voxel size must be positive");
   VolumeView<T> v;
   v.data = cptr<T>(data, "volume");
@@ -182,6 +185,7 @@ py::dict build_info() {
   d["compiler"] = std::string("unknown");
 #endif
   d["num_stats"] = kNumStats;
+  d["cpu_variant"] = std::string(cpu_variant());
   return d;
 }
 

@@ -35,8 +35,9 @@ def make_case(dtype=torch.float64, C=3, sizes=(1, 50, 200), P=40, shape=(17, 13,
     return vol, weights, origin, voxel, points, offsets, quat, trans, mol_idx
 
 
-def test_score_matches_reference_float64():
-    vol, w, o, v, pts, off, q, t, m = make_case()
+@pytest.mark.parametrize("P", [2, 40])  # 2: the multi-channel kernel; 40: channels summed first
+def test_score_matches_reference_float64(P):
+    vol, w, o, v, pts, off, q, t, m = make_case(P=P)
     got = ops.score(vol, w, o, v, pts, off, q, t, m)
     want = score_reference(vol, w, o, v, pts, off, q, t, m)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -71,6 +71,8 @@ def _check_volume(volume: Tensor) -> None:
         raise DifffitInputError(f"volume must be float32 or float64, got {volume.dtype}")
     if volume.dim() != 4 or min(volume.shape) < 1:
         raise DifffitInputError(f"volume must have shape [D, H, W, C] with every size >= 1, got {list(volume.shape)}")
+    if volume.shape[3] > 64:
+        raise DifffitInputError(f"volume has {volume.shape[3]} channels; at most 64 are supported")
     if not volume.is_contiguous():
         raise DifffitInputError("volume must be contiguous [D, H, W, C] (channels last; call .contiguous())")
     if volume.device.type not in ("cpu", "cuda"):
@@ -158,6 +160,14 @@ def _score_op(volume: Tensor, weights: Tensor, frame: list[float], points: Tenso
     _check_frame("score", frame)
     _check_ragged(points, offsets, quat, trans, mol_idx, dtype, device)
     P = quat.shape[0]
+    n_mol = offsets.numel() - 1
+    if volume.shape[3] > 1 and 8 * P * points.shape[0] >= n_mol * volume[..., 0].numel():
+        # Trilinear sampling is linear in the volume, so sampling sum_c w_c V_c equals
+        # weighting the samples of each V_c. Each sample reads 8 corners of every channel,
+        # so once there are more than voxels / 8 samples (counted without a device sync:
+        # P x mean atoms per molecule), summing the channels first reads less.
+        volume = (volume @ weights).unsqueeze(-1).contiguous()
+        weights = torch.ones(1, dtype=dtype, device=device)
     score = torch.empty(P, dtype=dtype, device=device)
     grad_q = torch.empty(P, 4, dtype=dtype, device=device)
     grad_t = torch.empty(P, 3, dtype=dtype, device=device)

@@ -59,9 +59,25 @@ struct SplatArgs {
   T vx, vy, vz;             // voxel size
 };
 
+// CPU entry points; they dispatch at run time to the fastest compiled variant.
 template <typename T> void score_cpu(const ScoreArgs<T>& a);
 template <typename T> void stats_cpu(const StatsArgs<T>& a);
 template <typename T> void splat_cpu(const SplatArgs<T>& a);
+// Name of the CPU variant in use ("avx2" or "baseline").
+const char* cpu_variant();
+
+// The variants themselves (csrc/cpu/kernels_cpu.cpp compiled once per instruction set).
+#define DIFFFIT_DECLARE_CPU(NS)                                  \
+  namespace NS {                                                 \
+  template <typename T> void score_cpu(const ScoreArgs<T>& a);   \
+  template <typename T> void stats_cpu(const StatsArgs<T>& a);   \
+  template <typename T> void splat_cpu(const SplatArgs<T>& a);   \
+  }
+DIFFFIT_DECLARE_CPU(base)
+#ifdef DIFFFIT_HAVE_AVX2
+DIFFFIT_DECLARE_CPU(avx2)
+#endif
+#undef DIFFFIT_DECLARE_CPU
 
 #ifdef DIFFFIT_WITH_CUDA
 // `stream` is a cudaStream_t passed as an opaque pointer so this header needs no CUDA.

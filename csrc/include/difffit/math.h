@@ -29,6 +29,8 @@ namespace difffit {
 
 // Number of per-placement statistics written by the point-statistics kernel.
 constexpr int kNumStats = 6;
+// Most channels (pyramid levels) a volume may have.
+constexpr int kMaxChannels = 64;
 // Their order: sum w, sum w^2, sum d, sum d^2, sum w*d, count(d > threshold), where w is a
 // point's weight and d the sampled density at the moved point.
 
@@ -86,15 +88,17 @@ DF_HD void quat_matrix_vjp(const T* u, T n, const T* G, T* gq) {
 // grid along this axis (a clamped coordinate has zero derivative).
 template <typename T>
 DF_HD void axis_lookup(T u, int n, int& i0, int& i1, T& t, bool& inside) {
-  inside = (u >= T(0)) && (u <= T(n - 1));
-  if (n == 1) {
-    i0 = 0; i1 = 0; t = T(0);
-    return;
-  }
-  u = u < T(0) ? T(0) : (u > T(n - 1) ? T(n - 1) : u);
-  int i = static_cast<int>(floor(u));
-  if (i > n - 2) i = n - 2;  // u == n - 1 interpolates the last cell with t == 1
-  i0 = i; i1 = i + 1; t = u - T(i);
+  // Branch-free (selects, no jumps) so that CPU loops over atoms vectorise. A one-voxel
+  // axis gives i0 == i1 == 0 and t == 0; u == n - 1 interpolates the last cell with t == 1.
+  inside = (u >= T(0)) & (u <= T(n - 1));
+  T uc = u < T(0) ? T(0) : u;
+  uc = uc > T(n - 1) ? T(n - 1) : uc;
+  const int last_cell = n > 1 ? n - 2 : 0;
+  int i = static_cast<int>(uc);  // uc >= 0, so truncation is floor
+  i = i < last_cell ? i : last_cell;
+  i0 = i;
+  i1 = i + 1 < n ? i + 1 : n - 1;
+  t = uc - T(i);
 }
 
 // Channel-weighted value of one voxel: sum_c w[c] * V[voxel, c].
@@ -104,6 +108,22 @@ DF_HD T weighted_voxel(const VolumeView<T>& v, const T* w, int64_t voxel) {
   T s = T(0);
   for (int c = 0; c < v.nc; ++c) s += w[c] * p[c];
   return s;
+}
+
+// Trilinear interpolation of the 8 corner values c[x + 2 y + 4 z] at fractions (tx, ty, tz),
+// with the derivatives of the interpolant with respect to each fraction.
+template <typename T>
+DF_HD T trilinear_corners(const T* c, T tx, T ty, T tz, T& dtx, T& dty, T& dtz) {
+  // Interpolate along x, then y, then z; keep the pieces the derivatives need.
+  const T c00 = c[0] + tx * (c[1] - c[0]), c10 = c[2] + tx * (c[3] - c[2]);
+  const T c01 = c[4] + tx * (c[5] - c[4]), c11 = c[6] + tx * (c[7] - c[6]);
+  const T c0 = c00 + ty * (c10 - c00), c1 = c01 + ty * (c11 - c01);
+  const T dx0 = (c[1] - c[0]) + ty * ((c[3] - c[2]) - (c[1] - c[0]));
+  const T dx1 = (c[5] - c[4]) + ty * ((c[7] - c[6]) - (c[5] - c[4]));
+  dtx = dx0 + tz * (dx1 - dx0);
+  dty = (c10 - c00) + tz * ((c11 - c01) - (c10 - c00));
+  dtz = c1 - c0;
+  return c0 + tz * (c1 - c0);
 }
 
 // Weighted multi-channel trilinear sample at world point p, with its spatial gradient
@@ -120,20 +140,12 @@ DF_HD T sample_weighted_grad(const VolumeView<T>& v, const T* w, T px, T py, T p
   const int64_t r00 = z0 * nxy + y0 * nx, r10 = z0 * nxy + y1 * nx;
   const int64_t r01 = z1 * nxy + y0 * nx, r11 = z1 * nxy + y1 * nx;
   // c<x><y><z>
-  const T c000 = weighted_voxel(v, w, r00 + x0), c100 = weighted_voxel(v, w, r00 + x1);
-  const T c010 = weighted_voxel(v, w, r10 + x0), c110 = weighted_voxel(v, w, r10 + x1);
-  const T c001 = weighted_voxel(v, w, r01 + x0), c101 = weighted_voxel(v, w, r01 + x1);
-  const T c011 = weighted_voxel(v, w, r11 + x0), c111 = weighted_voxel(v, w, r11 + x1);
-  // Interpolate along x, then y, then z; keep the pieces the derivatives need.
-  const T c00 = c000 + tx * (c100 - c000), c10 = c010 + tx * (c110 - c010);
-  const T c01 = c001 + tx * (c101 - c001), c11 = c011 + tx * (c111 - c011);
-  const T c0 = c00 + ty * (c10 - c00), c1 = c01 + ty * (c11 - c01);
-  const T val = c0 + tz * (c1 - c0);
-  const T dx0 = (c100 - c000) + ty * ((c110 - c010) - (c100 - c000));
-  const T dx1 = (c101 - c001) + ty * ((c111 - c011) - (c101 - c001));
-  const T dtx = dx0 + tz * (dx1 - dx0);
-  const T dty = (c10 - c00) + tz * ((c11 - c01) - (c10 - c00));
-  const T dtz = c1 - c0;
+  const T c[8] = {weighted_voxel(v, w, r00 + x0), weighted_voxel(v, w, r00 + x1),
+                  weighted_voxel(v, w, r10 + x0), weighted_voxel(v, w, r10 + x1),
+                  weighted_voxel(v, w, r01 + x0), weighted_voxel(v, w, r01 + x1),
+                  weighted_voxel(v, w, r11 + x0), weighted_voxel(v, w, r11 + x1)};
+  T dtx, dty, dtz;
+  const T val = trilinear_corners(c, tx, ty, tz, dtx, dty, dtz);
   g[0] = inx ? dtx * v.ivx : T(0);
   g[1] = iny ? dty * v.ivy : T(0);
   g[2] = inz ? dtz * v.ivz : T(0);

@@ -1,0 +1,46 @@
+// Run-time choice of the CPU kernels: the AVX2 + FMA build where the processor has them
+// (about 2x faster: the per-atom passes vectorise 8 wide), else the baseline build.
+#include "difffit/kernels.h"
+
+namespace difffit {
+
+namespace {
+bool use_avx2() {
+#ifdef DIFFFIT_HAVE_AVX2
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+const char* cpu_variant() { return use_avx2() ? "avx2" : "baseline"; }
+
+#ifdef DIFFFIT_HAVE_AVX2
+#define DIFFFIT_DISPATCH(fn, Args)                     \
+  template <typename T>                                \
+  void fn(const Args<T>& a) {                          \
+    if (use_avx2()) return avx2::fn<T>(a);             \
+    return base::fn<T>(a);                             \
+  }
+#else
+#define DIFFFIT_DISPATCH(fn, Args) \
+  template <typename T>            \
+  void fn(const Args<T>& a) {      \
+    return base::fn<T>(a);         \
+  }
+#endif
+
+DIFFFIT_DISPATCH(score_cpu, ScoreArgs)
+DIFFFIT_DISPATCH(stats_cpu, StatsArgs)
+DIFFFIT_DISPATCH(splat_cpu, SplatArgs)
+
+template void score_cpu<float>(const ScoreArgs<float>&);
+template void score_cpu<double>(const ScoreArgs<double>&);
+template void stats_cpu<float>(const StatsArgs<float>&);
+template void stats_cpu<double>(const StatsArgs<double>&);
+template void splat_cpu<float>(const SplatArgs<float>&);
+template void splat_cpu<double>(const SplatArgs<double>&);
+
+}  // namespace difffit
