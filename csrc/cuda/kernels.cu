@@ -41,7 +41,6 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kBlock = 256;                // threads per block
 constexpr int kWarps = kBlock / kWarp;     // warps per block
-constexpr int kMaxSharedWeights = 1024;    // channel weights staged in shared memory up to this
 constexpr int kScoreN = 13;                // s, g[3], G[9]
 
 void check_launch(const char* what) {
@@ -118,12 +117,12 @@ __device__ __forceinline__ void team_reduce(T* v, T (*part)[N]) {
   }
 }
 
-// Channel weights in shared memory (or the global array when there are very many).
+// Copies the channel weights to shared memory w[kMaxChannels] (the bindings reject more
+// channels; should more ever arrive, the global array is read instead). Every thread of the
+// block must call it.
 template <typename T>
-__device__ __forceinline__ const T* stage_weights(const T* weights, int nc) {
-  extern __shared__ __align__(16) unsigned char df_dyn_smem[];
-  if (nc > kMaxSharedWeights) return weights;
-  T* w = reinterpret_cast<T*>(df_dyn_smem);
+__device__ __forceinline__ const T* stage_weights(const T* weights, int nc, T* w) {
+  if (nc > kMaxChannels) return weights;
   for (int c = threadIdx.x; c < nc; c += blockDim.x) w[c] = weights[c];
   __syncthreads();
   return w;
@@ -132,7 +131,8 @@ __device__ __forceinline__ const T* stage_weights(const T* weights, int nc) {
 template <typename T, int TEAM>
 __global__ void __launch_bounds__(kBlock) score_kernel(const ScoreArgs<T> a) {
   __shared__ T part[kWarps][kScoreN];
-  const T* w = stage_weights(a.weights, a.vol.nc);
+  __shared__ T shared_w[kMaxChannels];
+  const T* w = stage_weights(a.weights, a.vol.nc, shared_w);
 
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t p = int64_t(blockIdx.x) * (kWarps / TEAM) + warp / TEAM;
@@ -253,11 +253,6 @@ __global__ void __launch_bounds__(kBlock) splat_kernel(const SplatArgs<T> a) {
   }
 }
 
-template <typename T>
-size_t weight_smem_bytes(int nc) {
-  return nc <= kMaxSharedWeights ? size_t(nc) * sizeof(T) : 0;
-}
-
 }  // namespace
 
 template <typename T>
@@ -265,14 +260,13 @@ void score_cuda(const ScoreArgs<T>& a, void* stream) {
   const int64_t P = a.place.n_place;
   if (P <= 0) return;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const size_t smem = weight_smem_bytes<T>(a.vol.nc);
   const int team = choose_team(P);
   const dim3 grid = grid_for(P, kWarps / team, "score");
   switch (team) {
-    case 1: score_kernel<T, 1><<<grid, kBlock, smem, s>>>(a); break;
-    case 2: score_kernel<T, 2><<<grid, kBlock, smem, s>>>(a); break;
-    case 4: score_kernel<T, 4><<<grid, kBlock, smem, s>>>(a); break;
-    default: score_kernel<T, 8><<<grid, kBlock, smem, s>>>(a); break;
+    case 1: score_kernel<T, 1><<<grid, kBlock, 0, s>>>(a); break;
+    case 2: score_kernel<T, 2><<<grid, kBlock, 0, s>>>(a); break;
+    case 4: score_kernel<T, 4><<<grid, kBlock, 0, s>>>(a); break;
+    default: score_kernel<T, 8><<<grid, kBlock, 0, s>>>(a); break;
   }
   check_launch("score");
 }
