@@ -1,0 +1,453 @@
+"""Fitting structures into a map: the DiffFit search, clustering, refinement and ranking.
+
+Pipeline (docs: ../shared/docs/method.md sections 3-8):
+
+1. Preprocess the target into a multi-resolution, negative-space pyramid; its levels are
+   summed once (fixed weights), so every iteration samples a single channel.
+2. Starts: ``n_rotations`` uniform rotations x ``n_positions`` enveloped positions for
+   each structure; all structures go through the ragged kernel in one batch (chunked
+   when the batch would exceed ``max_points_per_batch`` atom samples).
+3. Adam on (quaternion, translation) of every start, the quaternion renormalised after
+   every step; pose and score recorded together every ``record_every`` iterations.
+4. Each start's best recorded pose; metrics for all of them; greedy clustering per
+   structure (3 A / 6 degrees); the representative of each cluster is refined locally
+   against the unsmoothed map (maximising the mean map value at all atoms, like ChimeraX
+   ``fitmap`` on atoms) and ranked by ``rank_by``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import ops
+from .cluster import cluster_poses
+from .errors import DifffitInputError
+from .io import DensityMap, Structure, read_map, read_structure
+from .preprocess import build_pyramid, default_threshold, envelope_positions
+from .rotations import quat_to_matrix, uniform_rotations
+from .simulate import molmap_points, splat_atoms
+
+METRICS = ("correlation", "cam", "overlap", "atom_correlation", "atom_cam", "atom_overlap",
+           "inside_fraction", "mean_density", "pyramid_score")
+
+
+@dataclass
+class FitParams:
+    """Every knob of a fit; the defaults follow the paper's protocol (1000 starts, 200 steps)."""
+
+    n_rotations: int = 100          # rotations per start position (uniform on SO(3))
+    n_positions: int = 10           # enveloped start positions per structure
+    n_iters: int = 200              # Adam steps
+    lr_quat: float = 0.01
+    lr_trans: float | None = None   # Angstrom per step; None -> 1 % of the mean box edge
+    record_every: int = 10
+    n_levels: int = 5               # pyramid levels
+    smooth_sigma: float = 1.0       # voxels, per smoothing step
+    negative: float = 0.5           # negative-space constant
+    dust_min_size: int = 100        # voxels; smaller components are removed
+    shift_tol: float = 3.0          # Angstrom, clustering
+    angle_tol: float = 6.0          # degrees, clustering
+    seed: int = 0
+    refine: bool = True
+    refine_iters: int = 60
+    rank_by: str = "correlation"
+    device: str = "cpu"
+    max_points_per_batch: int = 4_000_000
+    min_inside_fraction: float = 0.0
+
+    def __post_init__(self):
+        if self.rank_by not in METRICS:
+            raise DifffitInputError(f"rank_by must be one of {', '.join(METRICS)}, got {self.rank_by!r}")
+        for name in ("n_rotations", "n_positions", "n_iters", "record_every", "n_levels"):
+            if int(getattr(self, name)) < 1:
+                raise DifffitInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Placement:
+    """One ranked cluster: a placement of one structure."""
+
+    structure_index: int
+    structure_name: str
+    rank: int                  # 1-based, within its structure
+    rotation: np.ndarray       # [3, 3] on the original coordinates: x -> R x + t
+    translation: np.ndarray    # [3]
+    hits: int                  # cluster size
+    score: float               # metrics[rank_by]
+    metrics: dict[str, float]
+    iteration: int             # recorded iteration of the representative
+    start: int                 # index of the representative's start
+    refined: bool
+
+    def moved(self, structure: Structure) -> Structure:
+        """The structure moved into this placement."""
+        return structure.transformed(self.rotation, self.translation)
+
+    @property
+    def centroid(self) -> np.ndarray:
+        """Not stored: use ``moved(structure).centroid``; kept for symmetry with rows()."""
+        raise AttributeError("use Placement.moved(structure).centroid")
+
+
+@dataclass
+class FitResult:
+    placements: list[Placement]
+    structures: list[Structure]
+    map: DensityMap
+    params: FitParams
+    resolution: float
+    threshold: float
+    timings: dict[str, float] = field(default_factory=dict)
+    trajectory: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def _index(self, key: int | str) -> int:
+        if isinstance(key, str):
+            names = [s.name for s in self.structures]
+            if key not in names:
+                raise KeyError(f"no structure named {key!r}; have {names}")
+            return names.index(key)
+        return int(key)
+
+    def for_structure(self, key: int | str) -> list[Placement]:
+        """Placements of one structure (index or name), best first."""
+        i = self._index(key)
+        return sorted((p for p in self.placements if p.structure_index == i), key=lambda p: p.rank)
+
+    def best(self, key: int | str) -> Placement:
+        found = self.for_structure(key)
+        if not found:
+            raise KeyError(f"structure {key!r} has no placement")
+        return found[0]
+
+    def rows(self) -> list[dict]:
+        """One flat dict per placement (for CSV / JSON)."""
+        out = []
+        for p in self.placements:
+            s = self.structures[p.structure_index]
+            centre = p.rotation @ s.centroid + p.translation
+            row = {"structure": p.structure_name, "rank": p.rank, "hits": p.hits,
+                   "score": p.score, **p.metrics}
+            row.update({f"r{i + 1}{j + 1}": float(p.rotation[i, j]) for i in range(3) for j in range(3)})
+            row.update({"tx": float(p.translation[0]), "ty": float(p.translation[1]),
+                        "tz": float(p.translation[2]), "cx": float(centre[0]),
+                        "cy": float(centre[1]), "cz": float(centre[2]),
+                        "iteration": p.iteration, "start": p.start, "refined": p.refined})
+            out.append(row)
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    """Ragged batch of centred structures on one device."""
+
+    points: Tensor     # [A, 3] centred fit atoms
+    offsets: Tensor    # [M + 1]
+    centroids: np.ndarray  # [M, 3] the centring of each structure (fit-atom centroid)
+
+
+def _ragged(arrays: Sequence[np.ndarray], device, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])])
+    pts = torch.from_numpy(np.concatenate(arrays, 0)).to(device=device, dtype=dtype).contiguous()
+    return pts, torch.from_numpy(offsets.astype(np.int64)).to(device)
+
+
+def _optimise(volume: Tensor, origin, voxel, batch: _Batch, quat0: Tensor, trans0: Tensor,
+              mol_idx: Tensor, params: FitParams, lr_trans: float, progress) -> dict[str, Tensor]:
+    """Adam on all starts; returns recorded quat [K,S,4], trans [K,S,3], score [K,S]."""
+    ones = torch.ones(1, dtype=volume.dtype, device=volume.device)
+    q = quat0.clone().requires_grad_(True)
+    t = trans0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([{"params": [q], "lr": params.lr_quat},
+                            {"params": [t], "lr": lr_trans}])
+    rec_q, rec_t, rec_s, rec_i = [], [], [], []
+    for it in range(params.n_iters + 1):
+        score = ops.score(volume, ones, origin, voxel, batch.points, batch.offsets, q, t, mol_idx,
+                          validate=False)
+        # Record the pose together with the score computed at that very pose.
+        if it % params.record_every == 0 or it == params.n_iters:
+            rec_q.append(q.detach().clone())
+            rec_t.append(t.detach().clone())
+            rec_s.append(score.detach().clone())
+            rec_i.append(it)
+        if it == params.n_iters:
+            break
+        opt.zero_grad(set_to_none=True)
+        (-score.sum()).backward()
+        opt.step()
+        with torch.no_grad():
+            q /= q.norm(dim=1, keepdim=True)
+        if progress is not None:
+            progress.update(1)
+    return {"quat": torch.stack(rec_q), "trans": torch.stack(rec_t), "score": torch.stack(rec_s),
+            "iteration": torch.tensor(rec_i)}
+
+
+def _refine(volume: Tensor, origin, voxel, points: Tensor, offsets: Tensor, quat: Tensor,
+            trans: Tensor, mol_idx: Tensor, iters: int, step: float) -> tuple[Tensor, Tensor]:
+    """Local refinement: Adam with small steps on the mean map value at all atoms."""
+    ones = torch.ones(1, dtype=volume.dtype, device=volume.device)
+    q = quat.clone().requires_grad_(True)
+    t = trans.clone().requires_grad_(True)
+    # Steps shrink over the run so the pose settles at the local optimum.
+    opt = torch.optim.Adam([{"params": [q], "lr": step * 0.01}, {"params": [t], "lr": step}])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(iters, 1))
+    for _ in range(iters):
+        s = ops.score(volume, ones, origin, voxel, points, offsets, q, t, mol_idx, validate=False)
+        opt.zero_grad(set_to_none=True)
+        (-s.sum()).backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            q /= q.norm(dim=1, keepdim=True)
+    return q.detach(), t.detach()
+
+
+class _Metrics:
+    """Fit metrics of placements (centred-frame quat, trans) of the structures."""
+
+    def __init__(self, structures: Sequence[Structure], centroids: np.ndarray, target: DensityMap,
+                 level0: Tensor, pyr_origin, pyr_voxel, threshold: float, resolution: float,
+                 device):
+        self.device = device
+        dt = torch.float64
+        raw = torch.from_numpy(np.ascontiguousarray(target.data, dtype=np.float64)).to(device)
+        self.raw = raw.unsqueeze(-1).contiguous()
+        self.raw_frame = (target.origin.tolist(), target.voxel_size.tolist())
+        self.level0 = level0.to(device=device, dtype=dt).unsqueeze(-1).contiguous()
+        self.level0_frame = (list(pyr_origin), list(pyr_voxel))
+        self.threshold = threshold
+        # ChimeraX-style: simulated-map grid points above a low contour, centred.
+        sim_pts, sim_val, atom_pts, atom_val = [], [], [], []
+        for s, c in zip(structures, centroids):
+            heavy = s.atomic_numbers > 1
+            xyz, z = s.coords[heavy], s.atomic_numbers[heavy]
+            p, v = molmap_points(xyz, z, resolution)
+            sim_pts.append(p - c)
+            sim_val.append(v)
+            # Atom-style: the structure's own simulated density at each of its atoms.
+            atom_pts.append(xyz - c)
+            atom_val.append(_sample_own(xyz, z, resolution))
+        self.sim_pts, self.sim_off = _ragged(sim_pts, device, dt)
+        self.sim_val = torch.from_numpy(np.concatenate(sim_val)).to(device)
+        self.atom_pts, self.atom_off = _ragged(atom_pts, device, dt)
+        self.atom_val = torch.from_numpy(np.concatenate(atom_val)).to(device)
+
+    def __call__(self, quat: Tensor, trans: Tensor, mol_idx: Tensor) -> dict[str, Tensor]:
+        q, t, m = quat.to(self.device, torch.float64), trans.to(self.device, torch.float64), mol_idx.to(self.device)
+        out = {}
+        st = ops.point_stats(self.raw, *self.raw_frame, self.sim_pts, self.sim_val, self.sim_off,
+                             q, t, m, threshold=self.threshold, validate=False)
+        n_sim = (self.sim_off[1:] - self.sim_off[:-1])[m].to(st.dtype)
+        out["overlap"], out["correlation"], out["cam"] = _correlations(st, n_sim)
+        st = ops.point_stats(self.level0, *self.level0_frame, self.atom_pts, self.atom_val,
+                             self.atom_off, q, t, m, threshold=0.0, validate=False)
+        n = (self.atom_off[1:] - self.atom_off[:-1])[m].to(st.dtype)
+        ov, out["atom_correlation"], out["atom_cam"] = _correlations(st, n)
+        out["atom_overlap"] = ov / n
+        out["mean_density"] = st[:, 2] / n
+        st = ops.point_stats(self.raw, *self.raw_frame, self.atom_pts, self.atom_val,
+                             self.atom_off, q, t, m, threshold=self.threshold, validate=False)
+        out["inside_fraction"] = st[:, 5] / n
+        return out
+
+
+def _correlations(st: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(overlap, correlation, correlation about the mean) from point_stats sums.
+
+    Args:
+        st: [P, 6] sums (w, w^2, d, d^2, w d, inside) over each placement's n points.
+        n: [P] number of points.
+    """
+    sw, sww, sd, sdd, swd, _ = st.unbind(1)
+    corr = swd / torch.sqrt(sww * sdd).clamp_min(1e-30)
+    cov = n * swd - sw * sd
+    var = (n * sww - sw * sw).clamp_min(0) * (n * sdd - sd * sd).clamp_min(0)
+    cam = cov / torch.sqrt(var).clamp_min(1e-30)
+    return swd, corr, cam
+
+
+def _sample_own(xyz: np.ndarray, z: np.ndarray, resolution: float) -> np.ndarray:
+    """Simulated density of a structure at its own atoms (W_i of the atom metrics)."""
+    from scipy.ndimage import map_coordinates
+
+    step = resolution / 3.0
+    lo = xyz.min(0) - 3 * 0.225 * resolution
+    n = np.ceil((xyz.max(0) + 3 * 0.225 * resolution - lo) / step).astype(int) + 1
+    grid = splat_atoms(xyz, z, resolution, lo, (step, step, step), (n[2], n[1], n[0]))
+    idx = ((xyz - lo) / step)[:, ::-1].T  # (z, y, x) fractional indices
+    return map_coordinates(grid.astype(np.float64), idx, order=1, mode="nearest")
+
+
+def _as_structures(structures) -> list[Structure]:
+    if isinstance(structures, (Structure, str, Path)):
+        structures = [structures]
+    out = [s if isinstance(s, Structure) else read_structure(s) for s in structures]
+    if not out:
+        raise DifffitInputError("no structure to fit")
+    return out
+
+
+def fit(target, structures, resolution: float, threshold: float | None = None,
+        params: FitParams | None = None, progress: bool = False, **overrides) -> FitResult:
+    """Fit one or more structures into a map.
+
+    Args:
+        target: DensityMap or path of an MRC/CCP4 map.
+        structures: Structure objects or paths (PDB/mmCIF), fitted together in one batch.
+        resolution: map resolution in Angstrom (simulated maps for the metrics).
+        threshold: contour level in map units; None uses
+            :func:`difffit.preprocess.default_threshold` (mean + 1 standard deviation).
+        params: FitParams; ``overrides`` replace single fields (e.g. ``n_iters=100``).
+        progress: show a progress bar.
+
+    Returns:
+        FitResult with the ranked placements of every structure.
+    """
+    t_start = time.perf_counter()
+    params = FitParams(**{**(asdict(params) if params else {}), **overrides})
+    dmap = target if isinstance(target, DensityMap) else read_map(target)
+    structs = _as_structures(structures)
+    if not resolution or resolution <= 0:
+        raise DifffitInputError(f"resolution must be a positive number of Angstrom, got {resolution}")
+    device = torch.device(params.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DifffitInputError("device 'cuda' asked for, but torch sees no CUDA GPU; use device='cpu'")
+    thr = float(default_threshold(dmap.data) if threshold is None else threshold)
+    timings = {}
+
+    # 1. Target preprocessing.
+    t0 = time.perf_counter()
+    pyr = build_pyramid(dmap.data, dmap.origin, dmap.voxel_size, thr, n_levels=params.n_levels,
+                        sigma=params.smooth_sigma, negative=params.negative,
+                        dust_min_size=params.dust_min_size)
+    volume = pyr.levels.sum(-1, keepdim=True).to(device).contiguous()  # fixed weights: sum once
+    origin, voxel = pyr.origin.tolist(), pyr.voxel_size.tolist()
+    box = np.array(pyr.shape[::-1]) * pyr.voxel_size
+    lr_trans = params.lr_trans if params.lr_trans else 0.01 * float(box.mean())
+    timings["preprocess"] = time.perf_counter() - t0
+
+    # 2. Starts: every structure gets the same rotations x positions.
+    centroids = np.stack([s.centroid for s in structs])
+    pts, off = _ragged([s.fit_coords - c for s, c in zip(structs, centroids)], device)
+    batch = _Batch(pts, off, centroids)
+    ops.validate_ragged(pts, off, torch.zeros(0, dtype=torch.int64))
+    rots = uniform_rotations(params.n_rotations, seed=params.seed)            # [R, 4]
+    pos = envelope_positions(pyr, params.n_positions, seed=params.seed)       # [N, 3]
+    per = params.n_rotations * params.n_positions
+    M = len(structs)
+    quat0 = rots.repeat(params.n_positions, 1).repeat(M, 1)                   # [M*N*R, 4]
+    trans0 = pos.repeat_interleave(params.n_rotations, 0).repeat(M, 1)        # [M*N*R, 3]
+    mol_idx = torch.arange(M).repeat_interleave(per)
+    quat0, trans0 = quat0.to(device, torch.float32), trans0.to(device, torch.float32)
+    mol_idx = mol_idx.to(device)
+
+    # 3. Optimise, in chunks of starts that keep each batch under max_points_per_batch.
+    t0 = time.perf_counter()
+    n_atoms = (off[1:] - off[:-1]).cpu()[mol_idx.cpu()]
+    chunks = _chunks(n_atoms, params.max_points_per_batch)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=params.n_iters * len(chunks), desc="fitting", unit="step")
+    recs = [_optimise(volume, origin, voxel, batch, quat0[a:b], trans0[a:b], mol_idx[a:b],
+                      params, lr_trans, bar) for a, b in chunks]
+    if bar is not None:
+        bar.close()
+    rec = {k: torch.cat([r[k] for r in recs], 1) for k in ("quat", "trans", "score")}
+    rec["iteration"] = recs[0]["iteration"]
+    timings["optimise"] = time.perf_counter() - t0
+
+    # 4. Best recorded pose of each start, metrics, clustering per structure.
+    t0 = time.perf_counter()
+    best_k = rec["score"].argmax(0)                                           # [S]
+    S = mol_idx.numel()
+    ar = torch.arange(S, device=best_k.device)
+    q_best, t_best = rec["quat"][best_k, ar], rec["trans"][best_k, ar]
+    metrics = _Metrics(structs, centroids, dmap, pyr.levels[..., 0], origin, voxel, thr,
+                       resolution, device)
+    m_all = metrics(q_best, t_best, mol_idx)
+    m_all["pyramid_score"] = rec["score"][best_k, ar].double()
+    select = params.rank_by if params.rank_by != "correlation" else "atom_correlation"
+    rank_score = m_all[select].cpu()
+    valid = (m_all["inside_fraction"] >= params.min_inside_fraction).cpu()
+    R_best = quat_to_matrix(q_best.double().cpu())
+    groups = []
+    for i in range(M):
+        sel = torch.nonzero(mol_idx.cpu() == i).flatten()
+        cl = cluster_poses(t_best[sel].double().cpu(), R_best[sel], rank_score[sel],
+                           params.shift_tol, params.angle_tol, valid[sel])
+        for k in range(len(cl)):
+            groups.append((i, int(sel[cl.representative[k]]), int(cl.size[k])))
+    timings["cluster"] = time.perf_counter() - t0
+
+    # 5. Refine each representative against the unsmoothed map, then rank.
+    t0 = time.perf_counter()
+    reps = torch.tensor([g[1] for g in groups], dtype=torch.int64)
+    q_rep, t_rep = q_best[reps.to(device)].double(), t_best[reps.to(device)].double()
+    m_rep_idx = mol_idx[reps.to(device)]
+    if params.refine and len(groups):
+        raw = pyr_raw_volume(dmap, device)
+        all_pts, all_off = _ragged([s.coords[s.atomic_numbers > 1] - c for s, c in zip(structs, centroids)],
+                                   device, torch.float64)
+        step = 0.1 * float(dmap.voxel_size.mean())
+        q_rep, t_rep = _refine(raw, dmap.origin.tolist(), dmap.voxel_size.tolist(), all_pts, all_off,
+                               q_rep, t_rep, m_rep_idx, params.refine_iters, step)
+    m_rep = metrics(q_rep, t_rep, m_rep_idx) if len(groups) else {}
+    if len(groups):
+        m_rep["pyramid_score"] = ops.score(volume.double(), torch.ones(1, dtype=torch.float64, device=device),
+                                           origin, voxel, pts.double(), off, q_rep, t_rep, m_rep_idx,
+                                           validate=False)
+    timings["refine"] = time.perf_counter() - t0
+
+    placements = []
+    R_rep = quat_to_matrix(q_rep.cpu()).numpy()
+    t_rep_np = t_rep.cpu().numpy()
+    for g, (i, start, hits) in enumerate(groups):
+        R = R_rep[g]
+        mets = {k: float(v[g]) for k, v in m_rep.items()}
+        placements.append(Placement(
+            structure_index=i, structure_name=structs[i].name, rank=0,
+            rotation=R, translation=t_rep_np[g] - R @ centroids[i], hits=hits,
+            score=mets[params.rank_by], metrics=mets,
+            iteration=int(rec["iteration"][best_k[start]]), start=start % per,
+            refined=params.refine))
+    placements.sort(key=lambda p: -p.score)
+    counters = [0] * M
+    for p in placements:
+        counters[p.structure_index] += 1
+        p.rank = counters[p.structure_index]
+    timings["total"] = time.perf_counter() - t_start
+    traj = {k: v.cpu().numpy() for k, v in rec.items()}
+    traj["mol_idx"] = mol_idx.cpu().numpy()
+    return FitResult(placements=placements, structures=structs, map=dmap, params=params,
+                     resolution=float(resolution), threshold=thr, timings=timings, trajectory=traj)
+
+
+def pyr_raw_volume(dmap: DensityMap, device) -> Tensor:
+    """The unsmoothed map as a one-channel float64 volume, scaled to unit maximum."""
+    data = np.asarray(dmap.data, dtype=np.float64)
+    scale = float(np.abs(data).max()) or 1.0
+    return torch.from_numpy(data / scale).to(device).unsqueeze(-1).contiguous()
+
+
+def _chunks(n_atoms: Tensor, limit: int) -> list[tuple[int, int]]:
+    """Consecutive start ranges whose summed atom counts stay under ``limit``."""
+    cum = torch.cumsum(n_atoms, 0)
+    out, a, base = [], 0, 0
+    S = n_atoms.numel()
+    while a < S:
+        b = int(torch.searchsorted(cum, base + limit, right=True))
+        b = max(b, a + 1)
+        out.append((a, min(b, S)))
+        base = int(cum[min(b, S) - 1])
+        a = b
+    return out
