@@ -70,6 +70,7 @@ void score(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<d
            std::array<double, 3> voxel, uintptr_t weights, uintptr_t points, uintptr_t offsets,
            int64_t n_mol, uintptr_t quat, uintptr_t trans, uintptr_t mol_idx, int64_t n_place,
            uintptr_t out_score, uintptr_t out_grad_q, uintptr_t out_grad_t, uintptr_t stream) {
+  if (n_place == 0) return;  // empty tensors may have null data pointers
   ScoreArgs<T> a;
   a.vol = volume<T>(vol, shape, origin, voxel);
   a.weights = cptr<T>(weights, "weights");
@@ -100,6 +101,7 @@ void stats(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<d
            uintptr_t point_weights, uintptr_t offsets, int64_t n_mol, uintptr_t quat,
            uintptr_t trans, uintptr_t mol_idx, int64_t n_place, uintptr_t out_stats,
            uintptr_t stream) {
+  if (n_place == 0) return;  // empty tensors may have null data pointers
   StatsArgs<T> a;
   a.vol = volume<T>(vol, shape, origin, voxel);
   require(channel >= 0 && channel < shape[3], "channel out of range");

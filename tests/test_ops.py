@@ -234,3 +234,11 @@ def test_cuda_tensor_on_cpu_only_build_says_how_to_rebuild():
     vol, w, o, v, pts, off, q, t, m = [c.cuda() if torch.is_tensor(c) else c for c in make_case()]
     with pytest.raises(RuntimeError, match="Rebuild"):
         ops.score(vol, w, o, v, pts, off, q, t, m)
+
+
+def test_zero_placements_give_empty_outputs():
+    vol, w, o, v, pts, off, q, t, m = make_case()
+    s, gq, gt = ops.score_with_grad(vol, w, o, v, pts, off, q[:0], t[:0], m[:0])
+    assert s.shape == (0,) and gq.shape == (0, 4) and gt.shape == (0, 3)
+    st = ops.point_stats(vol, o, v, pts, torch.ones(pts.shape[0], dtype=pts.dtype), off, q[:0], t[:0], m[:0])
+    assert st.shape == (0, 6)

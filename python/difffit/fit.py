@@ -56,7 +56,7 @@ class FitParams:
     seed: int = 0
     refine: bool = True
     refine_iters: int = 60
-    rank_by: str = "correlation"
+    rank_by: str = "cam"   # correlation about the mean: robust to flat or clamped regions
     device: str = "cpu"
     max_points_per_batch: int = 4_000_000
     min_inside_fraction: float = 0.0
@@ -376,8 +376,7 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
                        resolution, device)
     m_all = metrics(q_best, t_best, mol_idx)
     m_all["pyramid_score"] = rec["score"][best_k, ar].double()
-    select = params.rank_by if params.rank_by != "correlation" else "atom_correlation"
-    rank_score = m_all[select].cpu()
+    rank_score = m_all[params.rank_by].cpu()
     valid = (m_all["inside_fraction"] >= params.min_inside_fraction).cpu()
     R_best = quat_to_matrix(q_best.double().cpu())
     groups = []
