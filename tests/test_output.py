@@ -1,0 +1,266 @@
+"""Output folder of a fit: tables, models, ChimeraX script, trajectories, log.
+
+The FitResult here is built by hand (no fitting), so these tests are fast and check the
+writers alone: every file is there and parses, models are the input atoms moved by the
+placement, nothing is overwritten without force, and no temporary file is left behind.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+from pathlib import Path
+
+import gemmi
+import numpy as np
+import pytest
+import torch
+
+import difffit
+from difffit.demo import ideal_protein
+from difffit.fit import FitParams, FitResult, Placement
+from difffit.io import DensityMap, read_map, write_map
+from difffit.output import _atomic_write, summary_table, write_fit_outputs
+from difffit.rotations import quat_to_matrix, random_rotations
+
+METRIC_KEYS = ("correlation", "cam", "overlap", "atom_correlation", "atom_cam", "atom_overlap",
+               "inside_fraction", "mean_density", "pyramid_score")
+
+
+def _rotation(seed: int) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    return quat_to_matrix(random_rotations(1, generator=g))[0].numpy()
+
+
+def _placement(i: int, name: str, rank: int, seed: int, score: float) -> Placement:
+    R = _rotation(seed)
+    t = np.array([10.0 + seed, -5.0, 3.0 * rank])
+    metrics = {k: float(score - 0.01 * j) for j, k in enumerate(METRIC_KEYS)}
+    metrics["cam"] = score
+    return Placement(structure_index=i, structure_name=name, rank=rank, rotation=R,
+                     translation=t, hits=20 - rank, score=score, metrics=metrics,
+                     iteration=10 * rank, start=seed, refined=True)
+
+
+def _result(map_path: str | None, n_structures: int = 2, per_structure: int = 4) -> FitResult:
+    """A hand-made FitResult: n structures, per_structure placements each."""
+    structs = []
+    for i in range(n_structures):
+        s = ideal_protein(n_helices=2, helix_length=10 + 2 * i, seed=i)
+        s.name = f"prot{i}"
+        structs.append(s)
+    placements = []
+    for i, s in enumerate(structs):
+        for r in range(1, per_structure + 1):
+            placements.append(_placement(i, s.name, r, seed=10 * i + r, score=0.9 - 0.1 * r - 0.01 * i))
+    placements.sort(key=lambda p: -p.score)
+    data = np.random.default_rng(0).random((20, 22, 24)).astype(np.float32)
+    dmap = DensityMap(data=data, origin=np.array([1.0, 2.0, 3.0]), voxel_size=np.full(3, 1.5),
+                      path=map_path)
+    S, K = n_structures * 6, 3
+    traj = {"quat": np.random.default_rng(1).normal(size=(K, S, 4)).astype(np.float32),
+            "trans": np.zeros((K, S, 3), np.float32), "score": np.ones((K, S), np.float32),
+            "iteration": np.array([0, 10, 20]), "mol_idx": np.repeat(np.arange(n_structures), 6)}
+    return FitResult(placements=placements, structures=structs, map=dmap,
+                     params=FitParams(n_rotations=3, n_positions=2), resolution=5.0,
+                     threshold=0.25, timings={"preprocess": 0.1, "optimise": 1.0, "cluster": 0.01,
+                                              "refine": 0.2, "total": 1.4},
+                     trajectory=traj)
+
+
+@pytest.fixture
+def result(tmp_path) -> FitResult:
+    mp = tmp_path / "inputs" / "target map.mrc"  # a space in the name: quoting in the .cxc
+    mp.parent.mkdir()
+    r = _result(None)
+    write_map(mp, r.map)
+    r.map = read_map(mp)
+    return r
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
+
+
+def test_writes_every_output(result, tmp_path):
+    out = tmp_path / "out" / "nested"
+    paths = write_fit_outputs(result, out, top=3, command="difffit fit test")
+    for key in ("csv", "json", "cxc", "trajectories", "log", "models"):
+        assert paths[key].exists(), key
+    assert "map" not in paths  # the map has a file of its own: referenced, not copied
+    models = sorted(p.name for p in (out / "models").iterdir())
+    assert models == sorted(f"prot{i}_rank{k}.cif" for i in range(2) for k in (1, 2, 3))
+    assert _no_temp_files(out)
+    # Readable by others, as any file the user writes (mkstemp alone gives 0600).
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask, p
+
+
+def test_csv_and_json_parse(result, tmp_path):
+    paths = write_fit_outputs(result, tmp_path / "o")
+    with open(paths["csv"]) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(result.placements)
+    for row, p in zip(rows, result.placements):
+        assert row["structure"] == p.structure_name and int(row["rank"]) == p.rank
+        assert int(row["hits"]) == p.hits
+        assert float(row["cam"]) == pytest.approx(p.metrics["cam"], rel=1e-5)
+        R = np.array([[float(row[f"r{i}{j}"]) for j in (1, 2, 3)] for i in (1, 2, 3)])
+        np.testing.assert_allclose(R, p.rotation, atol=1e-5)
+        t = np.array([float(row[k]) for k in ("tx", "ty", "tz")])
+        np.testing.assert_allclose(t, p.translation, atol=1e-4)
+        c = np.array([float(row[k]) for k in ("cx", "cy", "cz")])
+        s = result.structures[p.structure_index]
+        np.testing.assert_allclose(c, p.rotation @ s.centroid + p.translation, atol=1e-3)
+        for k in METRIC_KEYS:
+            assert k in row
+    doc = json.loads(paths["json"].read_text())
+    assert doc["difffit_version"] == difffit.__version__
+    assert doc["resolution"] == 5.0 and doc["threshold"] == 0.25
+    assert doc["params"]["n_rotations"] == 3 and doc["params"]["n_positions"] == 2
+    assert set(doc["timings"]) == {"preprocess", "optimise", "cluster", "refine", "total"}
+    assert doc["map"]["path"] == str(Path(result.map.path).resolve())
+    assert [s["name"] for s in doc["structures"]] == ["prot0", "prot1"]
+    assert len(doc["placements"]) == len(result.placements)
+    assert doc["placements"][0]["score"] == pytest.approx(result.placements[0].score)
+    assert len(doc["models"]) == 6
+
+
+def test_json_has_no_nan(result, tmp_path):
+    result.placements[0].metrics["atom_cam"] = float("nan")
+    paths = write_fit_outputs(result, tmp_path / "o")
+    doc = json.loads(paths["json"].read_text())  # strict JSON: NaN written as null
+    assert doc["placements"][0]["atom_cam"] is None
+    assert "NaN" not in paths["json"].read_text()
+
+
+def test_models_are_moved_atoms(result, tmp_path):
+    paths = write_fit_outputs(result, tmp_path / "o", top=2)
+    for i, s in enumerate(result.structures):
+        for p in result.for_structure(i)[:2]:
+            st = gemmi.read_structure(str(paths["models"] / f"{s.name}_rank{p.rank}.cif"))
+            xyz = np.array([a.pos.tolist() for ch in st[0] for r in ch for a in r])
+            assert xyz.shape == s.coords.shape  # all atoms, not only the fitted ones
+            np.testing.assert_allclose(xyz, s.coords @ p.rotation.T + p.translation, atol=2e-3)
+            assert [ch.name for ch in st[0]] == s.chains
+            names = [a.name for ch in st[0] for r in ch for a in r]
+            assert names[:4] == ["N", "CA", "C", "O"]
+
+
+def test_pdb_models(result, tmp_path):
+    paths = write_fit_outputs(result, tmp_path / "o", top=1, model_format="pdb")
+    files = sorted(paths["models"].iterdir())
+    assert [f.suffix for f in files] == [".pdb", ".pdb"]
+    st = gemmi.read_structure(str(files[0]))
+    assert st[0].count_atom_sites() == result.structures[0].n_atoms
+
+
+def test_cxc_script(result, tmp_path):
+    paths = write_fit_outputs(result, tmp_path / "o", top=2)
+    text = paths["cxc"].read_text()
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    map_abs = str(Path(result.map.path).resolve())
+    assert lines[0] == f'open "{map_abs}"'  # absolute, quoted (the name holds a space)
+    assert lines[1].startswith("volume #1 level 0.25 ")
+    opens = [ln.split(" ", 1)[1] for ln in lines[2:] if ln.startswith("open ")]
+    assert len(opens) == 4
+    for o in opens:
+        assert Path(o).is_absolute() and Path(o).is_file()
+    assert "color #2 " in text and "color #5 " in text
+
+
+def test_trajectories_and_log(result, tmp_path):
+    paths = write_fit_outputs(result, tmp_path / "o", command="difffit fit a.mrc b.pdb -r 5")
+    with np.load(paths["trajectories"]) as npz:
+        assert set(npz.files) == set(result.trajectory)
+        for k, v in result.trajectory.items():
+            np.testing.assert_array_equal(npz[k], v)
+    log = paths["log"].read_text()
+    assert "difffit fit a.mrc b.pdb -r 5" in log
+    assert difffit.__version__ in log
+    for field in ("n_rotations", "lr_quat", "dust_min_size", "rank_by", "min_inside_fraction"):
+        assert f"{field}:" in log
+    assert "build_info" in log and "optimise" in log
+
+
+def test_refuses_non_empty_folder(result, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    write_fit_outputs(result, out)  # an empty existing folder is fine
+    before = (out / "results.csv").read_bytes()
+    with pytest.raises(FileExistsError, match="--force") as exc:
+        write_fit_outputs(result, out)
+    assert str(out) in str(exc.value)
+    assert (out / "results.csv").read_bytes() == before
+    result.placements[0].hits = 999
+    write_fit_outputs(result, out, force=True)
+    assert (out / "results.csv").read_bytes() != before
+    assert _no_temp_files(out)
+
+
+def test_outdir_is_a_file(result, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(difffit.DifffitInputError, match="not a folder"):
+        write_fit_outputs(result, f, force=True)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "results.csv"
+    target.write_text("old")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        _atomic_write(target, "new")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+
+
+def test_map_without_file_is_written(tmp_path):
+    r = _result(None, n_structures=1, per_structure=2)
+    paths = write_fit_outputs(r, tmp_path / "o")
+    assert paths["map"] == tmp_path / "o" / "map.mrc"
+    back = read_map(paths["map"])
+    np.testing.assert_allclose(back.data, r.map.data)
+    np.testing.assert_allclose(back.origin, r.map.origin)
+    assert f"open {paths['map'].resolve()}" in paths["cxc"].read_text()
+
+
+def test_top_and_empty_result(tmp_path):
+    r = _result(None, n_structures=2, per_structure=2)
+    paths = write_fit_outputs(r, tmp_path / "a", top=5)
+    assert len(list(paths["models"].iterdir())) == 4  # only as many as there are
+    r.placements = []
+    paths = write_fit_outputs(r, tmp_path / "b")
+    assert list(paths["models"].iterdir()) == []
+    with open(paths["csv"]) as fh:
+        assert list(csv.DictReader(fh)) == []
+    assert "no placement for: prot0, prot1" in summary_table(r)
+
+
+def test_same_structure_names_do_not_collide(tmp_path):
+    r = _result(None, n_structures=2, per_structure=1)
+    for s in r.structures:
+        s.name = "same"
+    paths = write_fit_outputs(r, tmp_path / "o")
+    assert sorted(p.name for p in paths["models"].iterdir()) == ["same_1_rank1.cif", "same_2_rank1.cif"]
+
+
+def test_summary_table(result):
+    text = summary_table(result, top=2)
+    lines = text.splitlines()
+    assert lines[0].split()[:6] == ["structure", "rank", "hits", "corr", "cam", "inside"]
+    body = lines[2:]
+    assert len(body) == 4
+    # Structures in order of their best score; ranks within each.
+    assert [ln.split()[:2] for ln in body] == [["prot0", "1"], ["prot0", "2"], ["prot1", "1"], ["prot1", "2"]]
+    p = result.best("prot0")
+    c = p.rotation @ result.structures[0].centroid + p.translation
+    assert f"{c[0]:.2f}" in body[0] and f"{p.metrics['cam']:.3f}" in body[0]
