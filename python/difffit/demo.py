@@ -73,12 +73,9 @@ def _extend(backbone: list[np.ndarray], phi_psi: np.ndarray) -> list[np.ndarray]
     """Append residues to a backbone trace, vectorised over trials.
 
     Args:
-        backbone: [N, CA, C] positions of the last residue so far, each [T, 3].
-        phi_psi: [T, L, 2] degrees for the L new residues (psi of the previous residue is
-            the first entry's job: see below).
-
-    The psi used to place residue k's N is phi_psi[:, k - 1, 1], with k - 1 = -1 meaning
-    the psi of the residue already built, passed as ``backbone[3]`` ([T] degrees).
+        backbone: [N, CA, C, psi] of the last residue built so far: three [T, 3]
+            positions and its psi ([T] degrees), which places the first new N.
+        phi_psi: [T, L, 2] (phi, psi) in degrees of the L new residues.
 
     Returns:
         List of [T, 3] positions N, CA, C for each new residue, in order.

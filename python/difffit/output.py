@@ -180,7 +180,7 @@ def _csv_text(rows: list[dict]) -> str:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
     return buf.getvalue()
 
 
@@ -233,7 +233,8 @@ def summary_table(result: "FitResult", top: int = 3) -> str:
 
 def _cxc_text(result: "FitResult", map_path: str, models: list[tuple[Any, Path]]) -> str:
     lines = [
-        "# difffit fits: open in UCSF ChimeraX (File > Open, or `open difffit_fits.cxc`)",
+        "# difffit fits: open in UCSF ChimeraX (File > Open, or `open difffit_fits.cxc`).",
+        "# Model numbers below assume a fresh session: the map is #1, the models #2 on.",
         f"# map #1: {map_path}",
         f"open {_cxc_quote(map_path)}",
         f"volume #1 level {result.threshold:.6g} style surface transparency 0.6",
