@@ -58,6 +58,13 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         )
 
 
+def _umask_mode() -> int:
+    """0666 minus the process umask: what a plain open() would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` via a temporary file in the same folder.
 
@@ -65,6 +72,7 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     file and a crash leaves the previous file (if any) intact.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; outputs are for sharing
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
@@ -354,6 +362,7 @@ def write_map(path, dmap: DensityMap, overwrite: bool = False) -> None:
             mrc.header.mapc, mrc.header.mapr, mrc.header.maps = 1, 2, 3
             mrc.header.cellb = (90.0, 90.0, 90.0)
             mrc.update_header_stats()
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; outputs are for sharing
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
