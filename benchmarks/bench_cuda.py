@@ -20,44 +20,18 @@ import sys
 
 import torch
 
-from difffit import build_info, ops
+from difffit import build_info
 from difffit.reference import score_reference
+
+import bench_kernels  # noqa: E402  (same folder: the shared workload)
+from bench_kernels import fwd_bwd, fast as fused  # noqa: E402
 
 REF_MAX_PAIRS = 10_000_000  # (placement, atom) pairs the reference is timed up to
 
 
-def workload(n_atoms=1000, n_place=1000, shape=(100, 100, 100), C=4, dtype=torch.float32,
-             device="cuda", seed=0):
-    """A smooth random map and a compact molecule placed well inside it, like a fitting run."""
-    g = torch.Generator().manual_seed(seed)
-    D, H, W = shape
-    vol = torch.rand(1, C, D // 4, H // 4, W // 4, generator=g, dtype=dtype)
-    vol = torch.nn.functional.interpolate(vol, size=shape, mode="trilinear", align_corners=True)
-    vol = vol[0].permute(1, 2, 3, 0).contiguous()  # [D, H, W, C]
-    weights = torch.rand(C, generator=g, dtype=dtype) + 0.5
-    origin, voxel = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    # Atoms of a globular protein: ~1000 atoms fill a ball of radius ~15 A.
-    pts = torch.randn(n_atoms, 3, generator=g, dtype=dtype) * 8.0
-    offsets = torch.tensor([0, n_atoms], dtype=torch.int64)
-    quat = torch.randn(n_place, 4, generator=g, dtype=dtype)
-    trans = 20 + torch.rand(n_place, 3, generator=g, dtype=dtype) * 60
-    mol_idx = torch.zeros(n_place, dtype=torch.int64)
-    to = lambda t: t.to(device)  # noqa: E731
-    return (to(vol), to(weights), origin, voxel, to(pts), to(offsets), to(quat), to(trans),
-            to(mol_idx))
-
-
-def fused(*args):
-    return ops.score(*args, validate=False)  # validate reads offsets on the host: a sync
-
-
-def fwd_bwd(fn, case):
-    vol, w, o, v, pts, off, q, t, m = case
-    q = q.clone().requires_grad_()
-    t = t.clone().requires_grad_()
-    s = fn(vol, w, o, v, pts, off, q, t, m)
-    (-s.sum()).backward()
-    return s.detach(), q.grad, t.grad
+def workload(*args, **kwargs):
+    """The CPU benchmark's workload (same map, molecule and placements), on the GPU."""
+    return bench_kernels.workload(*args, device="cuda", **kwargs)
 
 
 def cuda_median_ms(fn, case, repeats, warmup):

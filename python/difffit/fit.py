@@ -17,7 +17,7 @@ Pipeline (docs: ../shared/docs/method.md sections 3-8):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -89,11 +89,6 @@ class Placement:
         """The structure moved into this placement."""
         return structure.transformed(self.rotation, self.translation)
 
-    @property
-    def centroid(self) -> np.ndarray:
-        """Not stored: use ``moved(structure).centroid``; kept for symmetry with rows()."""
-        raise AttributeError("use Placement.moved(structure).centroid")
-
 
 @dataclass
 class FitResult:
@@ -151,7 +146,6 @@ class _Batch:
 
     points: Tensor     # [A, 3] centred fit atoms
     offsets: Tensor    # [M + 1]
-    centroids: np.ndarray  # [M, 3] the centring of each structure (fit-atom centroid)
 
 
 def _ragged(arrays: Sequence[np.ndarray], device, dtype=torch.float32) -> tuple[Tensor, Tensor]:
@@ -338,7 +332,7 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
     # 2. Starts: every structure gets the same rotations x positions.
     centroids = np.stack([s.centroid for s in structs])
     pts, off = _ragged([s.fit_coords - c for s, c in zip(structs, centroids)], device)
-    batch = _Batch(pts, off, centroids)
+    batch = _Batch(pts, off)
     ops.validate_ragged(pts, off, torch.zeros(0, dtype=torch.int64))
     rots = uniform_rotations(params.n_rotations, seed=params.seed)            # [R, 4]
     pos = envelope_positions(pyr, params.n_positions, seed=params.seed)       # [N, 3]

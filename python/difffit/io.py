@@ -65,12 +65,14 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file in the same folder.
+def _atomic_write_bytes(path: Path, payload: bytes | str) -> None:
+    """Write ``payload`` (bytes, or text as UTF-8) to ``path`` via a temporary file in the same folder.
 
     The final ``os.replace`` is atomic on POSIX, so a reader never sees a half-written
     file and a crash leaves the previous file (if any) intact.
     """
+    if isinstance(payload, str):
+        payload = payload.encode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; outputs are for sharing
     try:

@@ -19,11 +19,9 @@ import csv
 import io as _io
 import json
 import math
-import os
 import platform
 import re
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, is_dataclass
@@ -33,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import DifffitInputError
+from .io import _atomic_write_bytes as _atomic_write
 from .io import write_map, write_structure
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,28 +47,6 @@ _COLOURS = ("cornflowerblue", "orange", "mediumseagreen", "orchid", "gold", "tom
 # ----------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------
-
-
-def _file_mode() -> int:
-    """Permissions of a new file under the current umask (mkstemp would give 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write(path: Path, payload: bytes | str) -> None:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder."""
-    data = payload.encode() if isinstance(payload, str) else payload
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _safe_name(name: str) -> str:
@@ -343,7 +320,6 @@ def write_fit_outputs(result: "FitResult", outdir, *, top: int = 3, model_format
     else:
         paths["map"] = outdir / "map.mrc"
         write_map(paths["map"], result.map, overwrite=True)
-        os.chmod(paths["map"], _file_mode())  # io writes through mkstemp: 0600
         map_path = _abs(str(paths["map"]))
 
     # Fitted models.
@@ -363,7 +339,6 @@ def write_fit_outputs(result: "FitResult", outdir, *, top: int = 3, model_format
             path = path.with_suffix(".cif")
             warnings.warn(f"{exc}; wrote {path.name} as mmCIF instead", stacklevel=2)
             write_structure(path, s, p.rotation, p.translation, overwrite=True)
-        os.chmod(path, _file_mode())  # io writes through mkstemp: 0600
         written_models.append((p, path))
         paths[f"model:{path.name}"] = path
 
