@@ -1,4 +1,5 @@
-"""Command line: ``difffit fit``, ``difffit demo``, ``difffit info``.
+"""Command line: ``difffit fit``, ``difffit demo``, ``difffit info`` and the workflow
+subcommands that modules listed in ``_WORKFLOW_MODULES`` register.
 
 Also available as ``python -m difffit``. Bad input (a missing file, an unreadable map,
 an existing output folder) gives a one-line message on stderr and exit status 2, never a
@@ -7,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import sys
 from pathlib import Path
@@ -15,6 +17,9 @@ from typing import Sequence
 from .errors import DifffitInputError
 
 __all__ = ["main", "build_parser"]
+
+# Modules of difffit that add subcommands (each defines add_cli(subparsers)).
+_WORKFLOW_MODULES: tuple[str, ...] = ()
 
 _METRICS = ("correlation", "cam", "overlap", "atom_correlation", "atom_cam", "atom_overlap",
             "inside_fraction", "mean_density", "pyramid_score")
@@ -63,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "rigid-body search (DiffFit).",
     )
     parser.add_argument("--version", action="version", version=f"difffit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{fit,demo,info}")
+    sub = parser.add_subparsers(dest="command")
 
     f = sub.add_parser(
         "fit", help="fit structures into a map",
@@ -126,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="version, build and device information",
                    description="Print difffit's version, what its kernels were built with, "
                                "the torch version and whether a CUDA GPU is usable.")
+    # Workflow modules register their own subcommands: each has add_cli(sub), which adds a
+    # parser and sets its default ``_run(args, argv) -> int``.
+    for name in _WORKFLOW_MODULES:
+        importlib.import_module(f"difffit.{name}").add_cli(sub)
     return parser
 
 
@@ -249,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_fit(args, argv)
         if args.command == "demo":
             return _cmd_demo(args)
-        return _cmd_info()
+        if args.command == "info":
+            return _cmd_info()
+        return int(args._run(args, argv))
     except (DifffitInputError, FileExistsError) as exc:
         _err(str(exc))
         return 2
