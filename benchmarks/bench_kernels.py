@@ -52,6 +52,24 @@ def fast(*a):
     return ops.score(*a, validate=False)
 
 
+def check(case, device):
+    """The fused op against the reference: float64 exactly, float32 within rounding."""
+    f64 = [c.double() if torch.is_tensor(c) and c.is_floating_point() else c for c in case]
+    for got, want in zip(fwd_bwd(fast, f64), fwd_bwd(score_reference, f64)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+    s1, q1, t1 = fwd_bwd(fast, case)
+    s2, q2, t2 = fwd_bwd(score_reference, case)
+    torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-5)
+    # The trilinear gradient jumps across voxel faces: an atom within float32 rounding of a
+    # face may fall in either cell, which moves its placement's float32 gradient by ~1e-4.
+    # Such placements must be rare; all others agree closely.
+    off = ((q1 - q2).abs() > 1e-4 + 1e-3 * q2.abs()).any(1) | ((t1 - t2).abs() > 1e-4 + 1e-3 * t2.abs()).any(1)
+    assert off.float().mean() < 0.005, f"{int(off.sum())} placements' float32 gradients differ"
+    print(f"correctness: float64 matches the reference to 1e-9; float32 score, d/dq, d/dt match "
+          f"({int(off.sum())} of {len(off)} placements have an atom on a voxel face within "
+          f"float32 rounding, where the gradient jumps)")
+
+
 def timeit(fn, case, repeats, device):
     times = []
     for i in range(repeats + 1):
@@ -76,12 +94,7 @@ def main():
     print(f"device={dev} torch_threads={torch.get_num_threads()} build={info}")
 
     case = workload(device=dev)
-    s1, q1, t1 = fwd_bwd(fast, case)
-    s2, q2, t2 = fwd_bwd(score_reference, case)
-    torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(q1, q2, rtol=1e-3, atol=1e-4)
-    torch.testing.assert_close(t1, t2, rtol=1e-3, atol=1e-4)
-    print("correctness: fused op matches the reference (score, d/dq, d/dt)")
+    check(case, dev)
 
     print("\nscaling (fused op, forward + backward, median seconds):")
     print(f"{'atoms':>7} {'placements':>10} {'seconds':>10} {'ns/atom-placement':>18}")

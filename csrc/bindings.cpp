@@ -95,6 +95,17 @@ void score(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<d
   }
 }
 
+// CPU only: CUDA volumes are summed by torch (a matrix-vector product on the GPU).
+template <typename T>
+void channel_sum(uintptr_t vol, int64_t n_voxels, int nc, uintptr_t weights, uintptr_t out) {
+  require(n_voxels > 0 && nc > 0 && nc <= kMaxChannels, "channel_sum: bad volume size");
+  const T* v = cptr<T>(vol, "volume");
+  const T* w = cptr<T>(weights, "weights");
+  T* o = mptr<T>(out, "out");
+  py::gil_scoped_release nogil;
+  channel_sum_cpu<T>(v, n_voxels, nc, w, o);
+}
+
 template <typename T>
 void stats(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<double, 3> origin,
            std::array<double, 3> voxel, int channel, double threshold, uintptr_t points,
@@ -198,6 +209,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info);
   m.def("score_f32", &score<float>);
   m.def("score_f64", &score<double>);
+  m.def("channel_sum_f32", &channel_sum<float>);
+  m.def("channel_sum_f64", &channel_sum<double>);
   m.def("stats_f32", &stats<float>);
   m.def("stats_f64", &stats<double>);
   m.def("splat_f32", &splat<float>);

@@ -3,6 +3,9 @@ opcheck, torch.compile and the edge cases of the kernel testing contract."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mrcfile
@@ -23,7 +26,8 @@ def make_case(dtype=torch.float64, C=3, sizes=(1, 50, 200), P=40, shape=(17, 13,
     D, H, W = shape
     vol = torch.randn(D, H, W, C, generator=g, dtype=dtype)
     # Smooth it a little so gradients are meaningful.
-    vol = torch.nn.functional.avg_pool3d(vol.permute(3, 0, 1, 2)[None], 3, 1, 1)[0].permute(1, 2, 3, 0).contiguous()
+    if min(shape) >= 3:
+        vol = torch.nn.functional.avg_pool3d(vol.permute(3, 0, 1, 2)[None], 3, 1, 1)[0].permute(1, 2, 3, 0).contiguous()
     weights = torch.rand(C, generator=g, dtype=dtype) + 0.5
     origin = (-3.0, 2.0, 5.0)
     centre = torch.tensor(origin, dtype=dtype) + torch.tensor(voxel, dtype=dtype) * torch.tensor([W, H, D], dtype=dtype) / 2
@@ -49,6 +53,34 @@ def test_score_float32_close_to_float64():
     case32 = [c.float() if torch.is_tensor(c) and c.is_floating_point() else c for c in case]
     s32 = ops.score(*case32)
     torch.testing.assert_close(s32.double(), s64, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,spread", [((17, 13, 11), 6.0),   # atoms inside and outside
+                                          ((9, 12, 1), 4.0),     # one-voxel x axis
+                                          ((1, 6, 7), 30.0)])    # one-voxel z, most clamped
+def test_score_float32_one_channel_gradients_match_float64_reference(shape, spread):
+    """The float32 one-channel path (8 atoms per step on AVX2) against float64."""
+    case = make_case(C=1, sizes=(1, 7, 8, 9, 203), P=60, shape=shape, spread=spread, seed=3)
+    vol, w, o, v, pts, off, q, t, m = case
+    want = score_reference(vol, w, o, v, pts, off, q.requires_grad_(), t.requires_grad_(), m)
+    want.sum().backward()
+    f32 = [c.float() if torch.is_tensor(c) and c.is_floating_point() else c for c in case]
+    s, gq, gt = ops.score_with_grad(*[c.detach() if torch.is_tensor(c) else c for c in f32])
+    torch.testing.assert_close(s.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gq.double(), q.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gt.double(), t.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_baseline_cpu_build_passes_the_kernel_tests():
+    """DIFFFIT_CPU=baseline selects the scalar build; it must pass the same checks."""
+    if ops.load().build_info()["cpu_variant"] == "baseline":
+        pytest.skip("this machine runs the baseline build already")
+    env = {**os.environ, "DIFFFIT_CPU": "baseline"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "matches_reference or float32 or gradcheck or outside or one_voxel"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout
 
 
 def test_analytic_gradient_matches_autograd_of_reference():

@@ -1,7 +1,10 @@
 // CPU backend: OpenMP loops over placements around the shared per-point math of
 // difffit/math.h. Sums are accumulated in double whatever the storage type, so float32
 // scores over thousands of atoms keep their precision.
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "difffit/kernels.h"
@@ -10,6 +13,11 @@
 // AVX2 + FMA, each in its own namespace; csrc/cpu/dispatch.cpp picks one at run time.
 #ifndef DIFFFIT_CPU_NS
 #define DIFFFIT_CPU_NS base
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define DIFFFIT_SIMD_SCORE 1
+#include "score_avx2.h"
 #endif
 
 namespace difffit {
@@ -105,11 +113,63 @@ void score_placement(const ScoreArgs<T>& a, int64_t p) {
   score_finish(acc, end - begin, u, qn, a.score + p, a.grad_q + 4 * p, a.grad_t + 3 * p);
 }
 
-template <typename T, int NC>
-void score_all(const ScoreArgs<T>& a) {
+// Placements in Z-order (Morton order) of their translations, in cells of 8 voxels: a
+// thread's consecutive placements then read overlapping parts of the map, which stay in
+// its cache instead of being fetched again for every placement.
+template <typename T>
+std::vector<int64_t> spatial_order(const ScoreArgs<T>& a) {
+  const int64_t P = a.place.n_place;
+  const T inv[3] = {a.vol.ivx / 8, a.vol.ivy / 8, a.vol.ivz / 8};
+  const T org[3] = {a.vol.ox, a.vol.oy, a.vol.oz};
+  std::vector<std::pair<uint32_t, int64_t>> key(P);
+  for (int64_t p = 0; p < P; ++p) {
+    uint32_t k = 0;
+    for (int d = 0; d < 3; ++d) {
+      const T c = (a.place.trans[3 * p + d] - org[d]) * inv[d];
+      const uint32_t cell = c > T(0) ? (c < T(1023) ? uint32_t(c) : 1023u) : 0u;  // NaN -> 0
+      for (int bit = 0; bit < 10; ++bit) k |= ((cell >> bit) & 1u) << (3 * bit + d);
+    }
+    key[p] = {k, p};
+  }
+  std::sort(key.begin(), key.end());
+  std::vector<int64_t> order(P);
+  for (int64_t p = 0; p < P; ++p) order[p] = key[p].second;
+  return order;
+}
+
+#ifdef DIFFFIT_SIMD_SCORE
+// One-channel float32 volumes take the 8-atoms-at-a-time kernel of score_avx2.h, which
+// reads the atoms as padded structure-of-arrays (built once per call: O(atoms)).
+void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order) {
+  const int64_t M = a.n_mol;
+  std::vector<int64_t> start(M + 1, 0);
+  for (int64_t m = 0; m < M; ++m) start[m + 1] = start[m] + (a.offsets[m + 1] - a.offsets[m] + 7) / 8 * 8;
+  std::vector<float> soa(4 * start[M] + 1);
+  float *x = soa.data(), *y = x + start[M], *z = y + start[M], *keep = z + start[M];
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t b = a.offsets[m], n = a.offsets[m + 1] - b;
+    for (int64_t k = 0; k < start[m + 1] - start[m]; ++k) {
+      const float* pt = a.points + 3 * (b + std::min(k, n - 1));
+      x[start[m] + k] = pt[0]; y[start[m] + k] = pt[1]; z[start[m] + k] = pt[2];
+      keep[start[m] + k] = k < n ? 1.f : 0.f;
+    }
+  }
+  const simd::PaddedAtoms atoms{x, y, z, keep, start.data()};
   const int64_t P = a.place.n_place;
 #pragma omp parallel for schedule(dynamic, 8)
-  for (int64_t p = 0; p < P; ++p) score_placement<T, NC>(a, p);
+  for (int64_t i = 0; i < P; ++i) simd::score_placement_c1(a, atoms, order[i]);
+}
+#endif
+
+template <typename T, int NC>
+void score_all(const ScoreArgs<T>& a) {
+  const std::vector<int64_t> order = spatial_order(a);
+#ifdef DIFFFIT_SIMD_SCORE
+  if constexpr (std::is_same_v<T, float> && NC == 1) return score_all_simd(a, order);
+#endif
+  const int64_t P = a.place.n_place;
+#pragma omp parallel for schedule(dynamic, 8)
+  for (int64_t i = 0; i < P; ++i) score_placement<T, NC>(a, order[i]);
 }
 
 template <typename T>

@@ -150,6 +150,16 @@ class _DeviceGuard:
 # score
 
 
+def _channel_sum(volume: Tensor, weights: Tensor) -> Tensor:
+    """[D, H, W, C] volume, [C] weights -> [D, H, W, 1] weighted sum of the channels."""
+    if volume.device.type != "cpu":
+        return (volume @ weights).unsqueeze(-1).contiguous()
+    out = torch.empty(volume.shape[:3] + (1,), dtype=volume.dtype)
+    getattr(load(), "channel_sum_" + _suffix(volume.dtype))(
+        volume.data_ptr(), out.numel(), volume.shape[3], weights.data_ptr(), out.data_ptr())
+    return out
+
+
 @torch.library.custom_op("difffit::score", mutates_args=())
 def _score_op(volume: Tensor, weights: Tensor, frame: list[float], points: Tensor,
               offsets: Tensor, quat: Tensor, trans: Tensor,
@@ -166,7 +176,7 @@ def _score_op(volume: Tensor, weights: Tensor, frame: list[float], points: Tenso
         # weighting the samples of each V_c. Each sample reads 8 corners of every channel,
         # so once there are more than voxels / 8 samples (counted without a device sync:
         # P x mean atoms per molecule), summing the channels first reads less.
-        volume = (volume @ weights).unsqueeze(-1).contiguous()
+        volume = _channel_sum(volume, weights)
         weights = torch.ones(1, dtype=dtype, device=device)
     score = torch.empty(P, dtype=dtype, device=device)
     grad_q = torch.empty(P, 4, dtype=dtype, device=device)

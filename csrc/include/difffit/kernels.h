@@ -63,6 +63,8 @@ struct SplatArgs {
 template <typename T> void score_cpu(const ScoreArgs<T>& a);
 template <typename T> void stats_cpu(const StatsArgs<T>& a);
 template <typename T> void splat_cpu(const SplatArgs<T>& a);
+// out[i] = sum_c w[c] * vol[i * nc + c] for the n_voxels voxels of a volume (OpenMP).
+template <typename T> void channel_sum_cpu(const T* vol, int64_t n_voxels, int nc, const T* w, T* out);
 // Name of the CPU variant in use ("avx2" or "baseline").
 const char* cpu_variant();
 

@@ -1,0 +1,163 @@
+// AVX2 + FMA score kernel for the common case of fitting: float32, one channel (the
+// pyramid levels summed with their weights). Included by kernels_cpu.cpp only when it is
+// compiled with -mavx2 -mfma.
+//
+// Eight atoms move through the whole computation together in 256-bit registers. The
+// trilinear formulas are math.h's (trilinear_corners is instantiated with the F8 type
+// below); axis8 is axis_lookup written with vector min / max / compare, and the tests run
+// both (DIFFFIT_CPU=baseline selects the scalar build). Two things make it fast:
+//  * The two x corners of a cell are adjacent floats, so the 8 corners of an atom are four
+//    64-bit loads, regrouped into per-corner vectors with shuffles (on this class of CPU a
+//    hardware gather is slower than these loads).
+//  * Sums run in float over at most 32 atoms per lane, then in double, as in the scalar
+//    kernel, so float32 scores over large molecules keep their precision.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "difffit/kernels.h"
+
+namespace difffit {
+namespace DIFFFIT_CPU_NS {
+namespace simd {
+
+struct F8 {
+  __m256 v;
+  F8() = default;
+  F8(float x) : v(_mm256_set1_ps(x)) {}
+  F8(__m256 x) : v(x) {}
+};
+inline F8 operator+(F8 a, F8 b) { return _mm256_add_ps(a.v, b.v); }
+inline F8 operator-(F8 a, F8 b) { return _mm256_sub_ps(a.v, b.v); }
+inline F8 operator*(F8 a, F8 b) { return _mm256_mul_ps(a.v, b.v); }
+inline F8& operator+=(F8& a, F8 b) { return a = a + b; }
+inline F8 fmadd(F8 a, F8 b, F8 c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
+
+// Eight float lanes summed into double: two 4-lane double accumulators.
+struct SumD {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  void add(F8 x) {
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(x.v)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(x.v, 1)));
+  }
+  double total() const {
+    alignas(32) double t[4];
+    _mm256_store_pd(t, _mm256_add_pd(lo, hi));
+    return (t[0] + t[1]) + (t[2] + t[3]);
+  }
+};
+
+// axis_lookup of math.h for 8 fractional indices u along an axis of n voxels: the lower
+// corner index, the fraction t in [0, 1] and the derivative factor m (1 / voxel size
+// inside the grid, 0 where the coordinate was clamped).
+inline void axis8(F8 u, int n, float inv_voxel, __m256i& i0, F8& t, F8& m) {
+  const __m256 zero = _mm256_setzero_ps(), last = _mm256_set1_ps(float(n - 1));
+  const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(u.v, zero, _CMP_GE_OQ),
+                                      _mm256_cmp_ps(u.v, last, _CMP_LE_OQ));
+  const __m256 uc = _mm256_min_ps(_mm256_max_ps(u.v, zero), last);
+  const __m256i i = _mm256_min_epi32(_mm256_cvttps_epi32(uc),  // uc >= 0: truncation is floor
+                                     _mm256_set1_epi32(n > 1 ? n - 2 : 0));
+  i0 = i;
+  t = _mm256_sub_ps(uc, _mm256_cvtepi32_ps(i));
+  m = _mm256_and_ps(inside, _mm256_set1_ps(inv_voxel));
+}
+
+// The corners (x0, x1) at float offset `off` from each lane's base index, as two vectors.
+inline void load_x_pairs(const float* data, const int* base, int off, F8& c0, F8& c1) {
+  const float* q = data + off;
+  auto pair = [&](int k) { return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(q + base[k]))); };
+  // A = [p0 p1 | p4 p5], B = [p2 p3 | p6 p7] (p_k = the pair of lane k); shuffling the
+  // even and odd floats of A and B within each 128-bit half then yields lanes 0..7 in order.
+  const __m256 A = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_movelh_ps(pair(0), pair(1))),
+                                        _mm_movelh_ps(pair(4), pair(5)), 1);
+  const __m256 B = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_movelh_ps(pair(2), pair(3))),
+                                        _mm_movelh_ps(pair(6), pair(7)), 1);
+  c0 = _mm256_shuffle_ps(A, B, _MM_SHUFFLE(2, 0, 2, 0));
+  c1 = _mm256_shuffle_ps(A, B, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+// Atoms of all molecules as padded structure-of-arrays: molecule m occupies
+// [start[m], start[m] + 8 * ceil(n_m / 8)); padding lanes repeat the last atom with keep = 0.
+struct PaddedAtoms {
+  const float *x, *y, *z, *keep;
+  const int64_t* start;
+};
+
+// Score of placement p of a one-channel float volume (same outputs as the scalar kernel).
+inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& atoms, int64_t p) {
+  const VolumeView<float>& v = a.vol;
+  float u[4], R[9];
+  const float qn = quat_to_matrix(a.place.quat + 4 * p, u, R);
+  const float* t = a.place.trans + 3 * p;
+  const int64_t m = a.place.mol_idx[p];
+  const int64_t n = a.offsets[m + 1] - a.offsets[m];
+  const int sy = v.nx, sz = v.nx * v.ny;
+  // Corner offsets are constant: a one-voxel axis reads the same voxel twice.
+  const int oy = v.ny > 1 ? sy : 0, oz = v.nz > 1 ? sz : 0;
+  const F8 R0(R[0]), R1(R[1]), R2(R[2]), R3(R[3]), R4(R[4]), R5(R[5]), R6(R[6]), R7(R[7]), R8(R[8]);
+  // Fractional index u = (R x + t - origin) / voxel = (R x) * iv + (t - origin) * iv.
+  const F8 Ix(v.ivx), Iy(v.ivy), Iz(v.ivz);
+  const F8 Tx((t[0] - v.ox) * v.ivx), Ty((t[1] - v.oy) * v.ivy), Tz((t[2] - v.oz) * v.ivz);
+  const __m256i SY = _mm256_set1_epi32(sy), SZ = _mm256_set1_epi32(sz);
+  const float* data = v.data;
+  // A one-voxel x axis has no x1 corner: read x0 twice through a scalar fallback pair.
+  const bool x_pairs = v.nx > 1;
+  SumD acc[13];
+  const int64_t s0 = atoms.start[m], n_vec = (n + 7) / 8;
+  for (int64_t b = 0; b < n_vec; b += 4) {
+    F8 s = 0.f, g0 = 0.f, g1 = 0.f, g2 = 0.f;
+    F8 G0 = 0.f, G1 = 0.f, G2 = 0.f, G3 = 0.f, G4 = 0.f, G5 = 0.f, G6 = 0.f, G7 = 0.f, G8 = 0.f;
+    const int64_t b_end = b + 4 < n_vec ? b + 4 : n_vec;
+    for (int64_t vb = b; vb < b_end; ++vb) {
+      const int64_t i = s0 + 8 * vb;
+      const F8 X = _mm256_loadu_ps(atoms.x + i), Y = _mm256_loadu_ps(atoms.y + i);
+      const F8 Z = _mm256_loadu_ps(atoms.z + i), K = _mm256_loadu_ps(atoms.keep + i);
+      __m256i xi, yi, zi;
+      F8 tx, ty, tz, mx, my, mz;
+      axis8(fmadd(fmadd(R0, X, fmadd(R1, Y, R2 * Z)), Ix, Tx), v.nx, v.ivx, xi, tx, mx);
+      axis8(fmadd(fmadd(R3, X, fmadd(R4, Y, R5 * Z)), Iy, Ty), v.ny, v.ivy, yi, ty, my);
+      axis8(fmadd(fmadd(R6, X, fmadd(R7, Y, R8 * Z)), Iz, Tz), v.nz, v.ivz, zi, tz, mz);
+      alignas(32) int base[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(base),
+                         _mm256_add_epi32(_mm256_add_epi32(_mm256_mullo_epi32(zi, SZ),
+                                                           _mm256_mullo_epi32(yi, SY)), xi));
+      F8 c[8];  // c[x + 2 y + 4 z]
+      if (x_pairs) {
+        load_x_pairs(data, base, 0, c[0], c[1]);
+        load_x_pairs(data, base, oy, c[2], c[3]);
+        load_x_pairs(data, base, oz, c[4], c[5]);
+        load_x_pairs(data, base, oy + oz, c[6], c[7]);
+      } else {
+        const int off[4] = {0, oy, oz, oy + oz};
+        for (int j = 0; j < 4; ++j) {
+          alignas(32) float cj[8];
+          for (int k = 0; k < 8; ++k) cj[k] = data[base[k] + off[j]];
+          c[2 * j] = c[2 * j + 1] = _mm256_load_ps(cj);
+        }
+      }
+      F8 dtx, dty, dtz;
+      s = fmadd(K, trilinear_corners(c, tx, ty, tz, dtx, dty, dtz), s);
+      const F8 gx = dtx * mx * K, gy = dty * my * K, gz = dtz * mz * K;
+      g0 += gx; g1 += gy; g2 += gz;
+      G0 = fmadd(gx, X, G0); G1 = fmadd(gx, Y, G1); G2 = fmadd(gx, Z, G2);
+      G3 = fmadd(gy, X, G3); G4 = fmadd(gy, Y, G4); G5 = fmadd(gy, Z, G5);
+      G6 = fmadd(gz, X, G6); G7 = fmadd(gz, Y, G7); G8 = fmadd(gz, Z, G8);
+    }
+    acc[0].add(s);
+    acc[1].add(g0); acc[2].add(g1); acc[3].add(g2);
+    acc[4].add(G0); acc[5].add(G1); acc[6].add(G2); acc[7].add(G3); acc[8].add(G4);
+    acc[9].add(G5); acc[10].add(G6); acc[11].add(G7); acc[12].add(G8);
+  }
+  const float w0 = a.weights[0];  // the single channel's weight scales value and gradients
+  ScoreAcc<double> out;
+  out.s = w0 * acc[0].total();
+  for (int k = 0; k < 3; ++k) out.g[k] = w0 * acc[1 + k].total();
+  for (int k = 0; k < 9; ++k) out.G[k] = w0 * acc[4 + k].total();
+  score_finish(out, n, u, qn, a.score + p, a.grad_q + 4 * p, a.grad_t + 3 * p);
+}
+
+}  // namespace simd
+}  // namespace DIFFFIT_CPU_NS
+}  // namespace difffit
