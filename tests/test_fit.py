@@ -126,3 +126,24 @@ def test_bad_parameters_are_clear_errors():
         FitParams(rank_by="nonsense")
     with pytest.raises(DifffitInputError, match="resolution"):
         fit(DATA / "daq_emd2566_3j6b/2566_3J6B_9.mrc", [DATA / "daq_emd2566_3j6b/3J6B_9.pdb"], 0)
+
+
+def test_refine_top_limits_refinement_and_refined_clusters_are_distinct():
+    """Only the best refine_top clusters are refined; refined poses that coincide are one
+    placement (hits added), so no two refined placements lie within the tolerances."""
+    result, model, R0, t0 = refit("daq_emd2566_3j6b/2566_3J6B_9.mrc", "daq_emd2566_3j6b/3J6B_9.pdb",
+                                  5.0, seed=5, n_rotations=40, n_positions=6, n_iters=120,
+                                  refine_top=4)
+    refined = [p for p in result.placements if p.refined]
+    assert 1 <= len(refined) <= 4
+    assert result.placements[0].refined  # the best placement is among the refined
+    assert sum(p.hits for p in result.placements) == 40 * 6  # merging keeps every start
+    for a in range(len(refined)):
+        for b in range(a + 1, len(refined)):
+            pa, pb = refined[a], refined[b]
+            c = result.structures[0].centroid
+            ca, cb = pa.rotation @ c + pa.translation, pb.rotation @ c + pb.translation
+            angle = float(rotation_angle_deg(torch.from_numpy(pa.rotation), torch.from_numpy(pb.rotation)))
+            assert np.linalg.norm(ca - cb) > 3.0 or angle > 6.0
+    with pytest.raises(DifffitInputError, match="refine_top"):
+        FitParams(refine_top=0)

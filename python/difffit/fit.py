@@ -16,6 +16,7 @@ Pipeline (docs: ../shared/docs/method.md sections 3-8):
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ class FitParams:
     seed: int = 0
     refine: bool = True
     refine_iters: int = 60
+    refine_top: int | None = 32     # clusters refined per structure (best first); None: all
     rank_by: str = "cam"   # correlation about the mean: robust to flat or clamped regions
     device: str = "cpu"
     max_points_per_batch: int = 4_000_000
@@ -67,6 +69,8 @@ class FitParams:
         for name in ("n_rotations", "n_positions", "n_iters", "record_every", "n_levels"):
             if int(getattr(self, name)) < 1:
                 raise DifffitInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.refine_top is not None and int(self.refine_top) < 1:
+            raise DifffitInputError(f"refine_top must be >= 1 or None, got {self.refine_top}")
 
 
 @dataclass
@@ -154,31 +158,50 @@ def _ragged(arrays: Sequence[np.ndarray], device, dtype=torch.float32) -> tuple[
     return pts, torch.from_numpy(offsets.astype(np.int64)).to(device)
 
 
+class _Adam:
+    """Adam (as torch.optim.Adam, default betas and eps) on one [P, k] tensor, in place.
+
+    The score op returns its analytic gradients directly, so the search needs neither
+    autograd nor an optimizer object: a few fused tensor operations per step.
+    """
+
+    def __init__(self, param: Tensor, lr: float | Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.p, self.lr, self.b1, self.b2, self.eps = param, lr, betas[0], betas[1], eps
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.t = 0
+
+    def step(self, grad: Tensor) -> None:
+        """One step along -grad (a descent step on the loss whose gradient is ``grad``)."""
+        self.t += 1
+        self.m.lerp_(grad, 1 - self.b1)
+        self.v.mul_(self.b2).addcmul_(grad, grad, value=1 - self.b2)
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        denom = (self.v / c2).sqrt_().add_(self.eps)
+        self.p.addcdiv_(self.m, denom, value=-self.lr / c1)
+
+
 def _optimise(volume: Tensor, origin, voxel, batch: _Batch, quat0: Tensor, trans0: Tensor,
               mol_idx: Tensor, params: FitParams, lr_trans: float, progress) -> dict[str, Tensor]:
     """Adam on all starts; returns recorded quat [K,S,4], trans [K,S,3], score [K,S]."""
     ones = torch.ones(1, dtype=volume.dtype, device=volume.device)
-    q = quat0.clone().requires_grad_(True)
-    t = trans0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([{"params": [q], "lr": params.lr_quat},
-                            {"params": [t], "lr": lr_trans}])
+    q, t = quat0.clone(), trans0.clone()
+    opt_q, opt_t = _Adam(q, params.lr_quat), _Adam(t, lr_trans)
     rec_q, rec_t, rec_s, rec_i = [], [], [], []
     for it in range(params.n_iters + 1):
-        score = ops.score(volume, ones, origin, voxel, batch.points, batch.offsets, q, t, mol_idx,
-                          validate=False)
+        score, gq, gt = ops.score_with_grad(volume, ones, origin, voxel, batch.points,
+                                            batch.offsets, q, t, mol_idx, validate=False)
         # Record the pose together with the score computed at that very pose.
         if it % params.record_every == 0 or it == params.n_iters:
-            rec_q.append(q.detach().clone())
-            rec_t.append(t.detach().clone())
-            rec_s.append(score.detach().clone())
+            rec_q.append(q.clone())
+            rec_t.append(t.clone())
+            rec_s.append(score)
             rec_i.append(it)
         if it == params.n_iters:
             break
-        opt.zero_grad(set_to_none=True)
-        (-score.sum()).backward()
-        opt.step()
-        with torch.no_grad():
-            q /= q.norm(dim=1, keepdim=True)
+        opt_q.step(gq.neg_())  # maximise the score
+        opt_t.step(gt.neg_())
+        q /= q.norm(dim=1, keepdim=True)
         if progress is not None:
             progress.update(1)
     return {"quat": torch.stack(rec_q), "trans": torch.stack(rec_t), "score": torch.stack(rec_s),
@@ -189,20 +212,18 @@ def _refine(volume: Tensor, origin, voxel, points: Tensor, offsets: Tensor, quat
             trans: Tensor, mol_idx: Tensor, iters: int, step: float) -> tuple[Tensor, Tensor]:
     """Local refinement: Adam with small steps on the mean map value at all atoms."""
     ones = torch.ones(1, dtype=volume.dtype, device=volume.device)
-    q = quat.clone().requires_grad_(True)
-    t = trans.clone().requires_grad_(True)
-    # Steps shrink over the run so the pose settles at the local optimum.
-    opt = torch.optim.Adam([{"params": [q], "lr": step * 0.01}, {"params": [t], "lr": step}])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(iters, 1))
-    for _ in range(iters):
-        s = ops.score(volume, ones, origin, voxel, points, offsets, q, t, mol_idx, validate=False)
-        opt.zero_grad(set_to_none=True)
-        (-s.sum()).backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            q /= q.norm(dim=1, keepdim=True)
-    return q.detach(), t.detach()
+    q, t = quat.clone(), trans.clone()
+    opt_q, opt_t = _Adam(q, step * 0.01), _Adam(t, step)
+    for k in range(iters):
+        # Steps shrink over the run (cosine schedule) so the pose settles at the optimum.
+        scale = 0.5 * (1 + math.cos(math.pi * k / max(iters, 1)))
+        opt_q.lr, opt_t.lr = step * 0.01 * scale, step * scale
+        _, gq, gt = ops.score_with_grad(volume, ones, origin, voxel, points, offsets, q, t,
+                                        mol_idx, validate=False)
+        opt_q.step(gq.neg_())
+        opt_t.step(gt.neg_())
+        q /= q.norm(dim=1, keepdim=True)
+    return q, t
 
 
 class _Metrics:
@@ -382,37 +403,52 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
             groups.append((i, int(sel[cl.representative[k]]), int(cl.size[k])))
     timings["cluster"] = time.perf_counter() - t0
 
-    # 5. Refine each representative against the unsmoothed map, then rank.
+    # 5. Refine the best clusters of each structure against the unsmoothed map, merge
+    #    clusters whose refined poses coincide, then rank.
     t0 = time.perf_counter()
     reps = torch.tensor([g[1] for g in groups], dtype=torch.int64)
+    g_mol = torch.tensor([g[0] for g in groups], dtype=torch.int64)
+    hits = torch.tensor([g[2] for g in groups], dtype=torch.int64)
     q_rep, t_rep = q_best[reps.to(device)].double(), t_best[reps.to(device)].double()
     m_rep_idx = mol_idx[reps.to(device)]
-    if params.refine and len(groups):
+    refined = _refine_selection(g_mol, rank_score[reps], params)                 # [G] bool
+    sel = torch.nonzero(refined).flatten()
+    if len(sel):
         raw = pyr_raw_volume(dmap, device)
         all_pts, all_off = _ragged([s.coords[s.atomic_numbers > 1] - c for s, c in zip(structs, centroids)],
                                    device, torch.float64)
         step = 0.1 * float(dmap.voxel_size.mean())
-        q_rep, t_rep = _refine(raw, dmap.origin.tolist(), dmap.voxel_size.tolist(), all_pts, all_off,
-                               q_rep, t_rep, m_rep_idx, params.refine_iters, step)
-    m_rep = metrics(q_rep, t_rep, m_rep_idx) if len(groups) else {}
-    if len(groups):
-        m_rep["pyramid_score"] = ops.score(volume.double(), torch.ones(1, dtype=torch.float64, device=device),
-                                           origin, voxel, pts.double(), off, q_rep, t_rep, m_rep_idx,
-                                           validate=False)
+        sd = sel.to(device)
+        q_rep[sd], t_rep[sd] = _refine(raw, dmap.origin.tolist(), dmap.voxel_size.tolist(), all_pts,
+                                       all_off, q_rep[sd], t_rep[sd], m_rep_idx[sd],
+                                       params.refine_iters, step)
+    # Metrics at the refined poses; unrefined clusters keep those of their best pose.
+    m_rep = {k: v[reps.to(v.device)].clone() for k, v in m_all.items()}
+    if len(sel):
+        sd = sel.to(device)
+        m_sel = metrics(q_rep[sd], t_rep[sd], m_rep_idx[sd])
+        m_sel["pyramid_score"] = ops.score(volume.double(), torch.ones(1, dtype=torch.float64, device=device),
+                                           origin, voxel, pts.double(), off, q_rep[sd], t_rep[sd],
+                                           m_rep_idx[sd], validate=False)
+        for k, v in m_sel.items():
+            m_rep[k][sel.to(m_rep[k].device)] = v.to(m_rep[k].dtype)
+    keep, hits = _merge_refined(g_mol, quat_to_matrix(q_rep.cpu()), t_rep.cpu(),
+                                m_rep[params.rank_by].cpu(), hits, refined, params)
     timings["refine"] = time.perf_counter() - t0
 
     placements = []
     R_rep = quat_to_matrix(q_rep.cpu()).numpy()
     t_rep_np = t_rep.cpu().numpy()
-    for g, (i, start, hits) in enumerate(groups):
+    for g in keep.tolist():
+        i, start = groups[g][0], groups[g][1]
         R = R_rep[g]
         mets = {k: float(v[g]) for k, v in m_rep.items()}
         placements.append(Placement(
             structure_index=i, structure_name=structs[i].name, rank=0,
-            rotation=R, translation=t_rep_np[g] - R @ centroids[i], hits=hits,
+            rotation=R, translation=t_rep_np[g] - R @ centroids[i], hits=int(hits[g]),
             score=mets[params.rank_by], metrics=mets,
             iteration=int(rec["iteration"][best_k[start]]), start=start % per,
-            refined=params.refine))
+            refined=bool(refined[g])))
     placements.sort(key=lambda p: -p.score)
     counters = [0] * M
     for p in placements:
@@ -430,6 +466,54 @@ def pyr_raw_volume(dmap: DensityMap, device) -> Tensor:
     data = np.asarray(dmap.data, dtype=np.float64)
     scale = float(np.abs(data).max()) or 1.0
     return torch.from_numpy(data / scale).to(device).unsqueeze(-1).contiguous()
+
+
+def _refine_selection(g_mol: Tensor, pre_score: Tensor, params: FitParams) -> Tensor:
+    """[G] bool: the clusters to refine, the ``refine_top`` best of each structure.
+
+    Args:
+        g_mol: [G] structure index of each cluster.
+        pre_score: [G] ranking metric of each cluster's representative before refinement.
+    """
+    chosen = torch.zeros(g_mol.numel(), dtype=torch.bool)
+    if not params.refine:
+        return chosen
+    for i in g_mol.unique().tolist():
+        idx = torch.nonzero(g_mol == i).flatten()
+        order = torch.argsort(-pre_score[idx].double().nan_to_num(-math.inf), stable=True)
+        n = len(idx) if params.refine_top is None else params.refine_top
+        chosen[idx[order[:n]]] = True
+    return chosen
+
+
+def _merge_refined(g_mol: Tensor, R: Tensor, t: Tensor, score: Tensor, hits: Tensor,
+                   refined: Tensor, params: FitParams) -> tuple[Tensor, Tensor]:
+    """Merge clusters whose refined poses fall within the clustering tolerances.
+
+    Refinement can carry two neighbouring clusters to the same optimum; they are one
+    placement, whose hits are the sum. Greedy per structure, best refined score first.
+
+    Args:
+        g_mol: [G] structure of each cluster; R: [G, 3, 3], t: [G, 3] refined poses
+            (centred frame); score: [G] ranking metric; hits: [G]; refined: [G] bool.
+
+    Returns:
+        (indices of the clusters kept, [G] hits with merged clusters' hits added).
+    """
+    hits = hits.clone()
+    merged = torch.zeros(g_mol.numel(), dtype=torch.bool)
+    for i in g_mol.unique().tolist():
+        idx = torch.nonzero((g_mol == i) & refined).flatten()
+        if len(idx) < 2:
+            continue
+        cl = cluster_poses(t[idx].double(), R[idx].double(), score[idx].double(),
+                           params.shift_tol, params.angle_tol)
+        for k in range(len(cl)):
+            members = idx[cl.labels == k]
+            rep = idx[cl.representative[k]]
+            hits[rep] = hits[members].sum()
+            merged[members[members != rep]] = True
+    return torch.nonzero(~merged).flatten(), hits
 
 
 def _chunks(n_atoms: Tensor, limit: int) -> list[tuple[int, int]]:
