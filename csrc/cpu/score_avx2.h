@@ -113,7 +113,7 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
     for (int64_t vb = b; vb < b_end; ++vb) {
       const int64_t i = s0 + 8 * vb;
       const F8 X = _mm256_loadu_ps(atoms.x + i), Y = _mm256_loadu_ps(atoms.y + i);
-      const F8 Z = _mm256_loadu_ps(atoms.z + i), K = _mm256_loadu_ps(atoms.keep + i);
+      const F8 Z = _mm256_loadu_ps(atoms.z + i);
       __m256i xi, yi, zi;
       F8 tx, ty, tz, mx, my, mz;
       axis8(fmadd(fmadd(R0, X, fmadd(R1, Y, R2 * Z)), Ix, Tx), v.nx, v.ivx, xi, tx, mx);
@@ -138,8 +138,14 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
         }
       }
       F8 dtx, dty, dtz;
-      s = fmadd(K, trilinear_corners(c, tx, ty, tz, dtx, dty, dtz), s);
-      const F8 gx = dtx * mx * K, gy = dty * my * K, gz = dtz * mz * K;
+      F8 val = trilinear_corners(c, tx, ty, tz, dtx, dty, dtz);
+      if (vb == n_vec - 1) {  // only a molecule's last 8 atoms may hold padding lanes
+        const F8 K = _mm256_loadu_ps(atoms.keep + i);
+        val = val * K;
+        mx = mx * K; my = my * K; mz = mz * K;
+      }
+      s += val;
+      const F8 gx = dtx * mx, gy = dty * my, gz = dtz * mz;
       g0 += gx; g1 += gy; g2 += gz;
       G0 = fmadd(gx, X, G0); G1 = fmadd(gx, Y, G1); G2 = fmadd(gx, Z, G2);
       G3 = fmadd(gy, X, G3); G4 = fmadd(gy, Y, G4); G5 = fmadd(gy, Z, G5);
