@@ -19,7 +19,7 @@ from .errors import DifffitInputError
 __all__ = ["main", "build_parser"]
 
 # Modules of difffit that add subcommands (each defines add_cli(subparsers)).
-_WORKFLOW_MODULES: tuple[str, ...] = ()
+_WORKFLOW_MODULES: tuple[str, ...] = ("identify", "composite")
 
 _METRICS = ("correlation", "cam", "overlap", "atom_correlation", "atom_cam", "atom_overlap",
             "inside_fraction", "mean_density", "pyramid_score")
@@ -59,6 +59,44 @@ def _chains(text: str) -> list[str]:
     return chains
 
 
+def add_map_arguments(p: argparse.ArgumentParser) -> None:
+    """The target map's options every fitting subcommand shares: MAP (positional),
+    -r/--resolution, -t/--threshold, --voxel-size."""
+    p.add_argument("map", metavar="MAP", help="density map (MRC/CCP4, optionally .gz)")
+    p.add_argument("-r", "--resolution", type=_positive_float, required=True,
+                   help="map resolution in Angstrom")
+    p.add_argument("-t", "--threshold", type=float, default=None,
+                   help="contour level in map units (default: map mean + 1 standard deviation)")
+    p.add_argument("--voxel-size", type=_voxel_size, default=None, metavar="V",
+                   help="override the map header's voxel size: V or Vx,Vy,Vz Angstrom")
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    """The search options every fitting subcommand shares: --seed, --rotations,
+    --positions, --iterations, --no-refine, --refine-top (see :func:`search_overrides`)."""
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--rotations", type=_positive_int, default=None, metavar="N",
+                   help="rotations per start position (default: 100)")
+    p.add_argument("--positions", type=_positive_int, default=None, metavar="N",
+                   help="start positions per structure (default: 10)")
+    p.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
+                   help="gradient steps (default: 200)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="skip the local refinement of the cluster representatives")
+    p.add_argument("--refine-top", type=_positive_int, default=None, metavar="N",
+                   help="clusters refined per structure, best first (default: 32)")
+
+
+def search_overrides(args: argparse.Namespace) -> dict:
+    """FitParams fields from the options of :func:`add_search_arguments` (those given)."""
+    out = {"seed": args.seed, "refine": not args.no_refine}
+    for key, value in (("n_rotations", args.rotations), ("n_positions", args.positions),
+                       ("n_iters", args.iterations), ("refine_top", args.refine_top)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -75,15 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit one or more structures into a map; write ranked placements, fitted "
                     "models, a ChimeraX script, trajectories and a log to the output folder.",
     )
-    f.add_argument("map", metavar="MAP", help="density map (MRC/CCP4, optionally .gz)")
+    add_map_arguments(f)
     f.add_argument("structures", metavar="STRUCTURE", nargs="+",
                    help="structures to fit (PDB/mmCIF, optionally .gz)")
-    f.add_argument("-r", "--resolution", type=_positive_float, required=True,
-                   help="map resolution in Angstrom")
-    f.add_argument("-t", "--threshold", type=float, default=None,
-                   help="contour level in map units (default: map mean + 1 standard deviation)")
-    f.add_argument("--voxel-size", type=_voxel_size, default=None, metavar="V",
-                   help="override the map header's voxel size: V or Vx,Vy,Vz Angstrom")
     f.add_argument("--selection", choices=("backbone", "ca", "heavy", "all"), default="backbone",
                    help="atoms used for fitting (default: backbone)")
     f.add_argument("--chains", type=_chains, default=None, metavar="A,B",
@@ -101,17 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fitted models written per structure (default: 3)")
     f.add_argument("--model-format", choices=("cif", "pdb"), default="cif",
                    help="format of the fitted models (default: cif)")
-    f.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    f.add_argument("--rotations", type=_positive_int, default=None, metavar="N",
-                   help="rotations per start position (default: 100)")
-    f.add_argument("--positions", type=_positive_int, default=None, metavar="N",
-                   help="start positions per structure (default: 10)")
-    f.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
-                   help="gradient steps (default: 200)")
-    f.add_argument("--no-refine", action="store_true",
-                   help="skip the local refinement of the cluster representatives")
+    add_search_arguments(f)
     f.add_argument("--rank-by", choices=_METRICS, default=None,
                    help="metric that ranks the placements (default: cam)")
+    f.add_argument("--report", action="store_true",
+                   help="also write report.html: ranked tables and plots, one self-contained file")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
     d = sub.add_parser(
@@ -175,11 +201,9 @@ def _cmd_fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from .fit import fit
 
-    overrides = {"seed": args.seed, "device": args.device, "refine": not args.no_refine}
-    for key, value in (("n_rotations", args.rotations), ("n_positions", args.positions),
-                       ("n_iters", args.iterations), ("rank_by", args.rank_by)):
-        if value is not None:
-            overrides[key] = value
+    overrides = {**search_overrides(args), "device": args.device}
+    if args.rank_by is not None:
+        overrides["rank_by"] = args.rank_by
     if not args.quiet:
         print(f"difffit: fitting {len(structures)} structure(s) into {map_path} "
               f"({'x'.join(map(str, dmap.shape_xyz))} voxels) at {args.resolution:g} A",
@@ -188,13 +212,15 @@ def _cmd_fit(args: argparse.Namespace, argv: Sequence[str]) -> int:
                  progress=not args.quiet, **overrides)
     command = "difffit " + " ".join(shlex.quote(a) for a in argv)
     paths = write_fit_outputs(result, outdir, top=args.top, model_format=args.model_format,
-                              force=args.force, command=command)
+                              force=args.force, command=command, report=args.report)
     if not args.quiet:
         print(summary_table(result, top=args.top or 3))
         t = result.timings
         print(f"\n{len(result.placements)} placements in {t.get('total', float('nan')):.1f} s "
               f"(threshold {result.threshold:.4g})")
     print(f"results written to {paths['outdir']}/ (open {paths['cxc'].name} in ChimeraX)")
+    if "report" in paths:
+        print(f"report: {paths['report']}")
     return 0
 
 

@@ -7,6 +7,7 @@ Layout of an output folder (all written by :func:`write_fit_outputs`)::
     models/<s>_rank<k>.cif  the top placements of each structure, all atoms, original names
     difffit_fits.cxc      ChimeraX script: opens the map and the models
     trajectories.npz      recorded poses and scores of every start
+    report.html           only with report=True: tables and plots (difffit.report)
     log.txt               command line, parameters, inputs, timings, build information
     map.mrc               only when the fitted map has no file of its own (e.g. simulated)
 
@@ -272,6 +273,16 @@ def _log_text(result: "FitResult", command: str | None, map_path: str | None,
 # ----------------------------------------------------------------------------------------
 
 
+def _model_args(model_format: str, top: int) -> str:
+    """The model file suffix ("cif" or "pdb") after checking ``model_format`` and ``top``."""
+    fmt = str(model_format).lower().lstrip(".")
+    if fmt not in ("cif", "pdb"):
+        raise DifffitInputError(f"model_format must be 'cif' or 'pdb', got {model_format!r}")
+    if int(top) < 0:
+        raise DifffitInputError(f"top must be >= 0, got {top}")
+    return fmt
+
+
 def _check_outdir(outdir: Path, force: bool) -> None:
     if outdir.exists() and not outdir.is_dir():
         raise DifffitInputError(f"{outdir}: output path exists and is not a folder")
@@ -283,7 +294,8 @@ def _check_outdir(outdir: Path, force: bool) -> None:
 
 
 def write_fit_outputs(result: "FitResult", outdir, *, top: int = 3, model_format: str = "cif",
-                      force: bool = False, command: str | None = None) -> dict[str, Path]:
+                      force: bool = False, command: str | None = None,
+                      report: bool = False) -> dict[str, Path]:
     """Write the results of a fit into a folder.
 
     Args:
@@ -294,21 +306,19 @@ def write_fit_outputs(result: "FitResult", outdir, *, top: int = 3, model_format
         force: write into an existing non-empty folder, replacing files of the same names
             (other files there are left alone).
         command: the command line to record in the log (default: ``sys.argv``).
+        report: also write ``report.html``, a self-contained HTML report (tables, plots).
 
     Returns:
         Paths written: keys "outdir", "csv", "json", "cxc", "trajectories", "log",
-        "models" (the models folder), "map" (only when the map was written here), and
+        "models" (the models folder), "map" (only when the map was written here),
+        "report" (only with ``report``), and
         "model:<file name>" for each model.
 
     Raises:
         FileExistsError: ``outdir`` exists, is not empty and ``force`` is False.
         DifffitInputError: bad ``model_format`` or ``top``, or ``outdir`` is a file.
     """
-    fmt = str(model_format).lower().lstrip(".")
-    if fmt not in ("cif", "pdb"):
-        raise DifffitInputError(f"model_format must be 'cif' or 'pdb', got {model_format!r}")
-    if int(top) < 0:
-        raise DifffitInputError(f"top must be >= 0, got {top}")
+    fmt = _model_args(model_format, top)
     outdir = Path(outdir)
     _check_outdir(outdir, force)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -378,6 +388,13 @@ def write_fit_outputs(result: "FitResult", outdir, *, top: int = 3, model_format
     buf = _io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in result.trajectory.items()})
     _atomic_write(paths["trajectories"], buf.getvalue())
+
+    if report:  # before the log, which lists the files written
+        from .report import fit_report
+
+        # The folder was checked above (empty, or force): replacing is what was asked.
+        paths["report"] = fit_report(result, outdir / "report.html", overwrite=True,
+                                     command=doc["command"])
 
     paths["log"] = outdir / "log.txt"
     _atomic_write(paths["log"], _log_text(result, command, map_path,

@@ -1,0 +1,404 @@
+"""HTML reports: the building blocks (escaping, empty inputs, NaN, overwrite refusal), the
+report of a reduced fit on real data rendered in a real headless browser, and
+``difffit fit --report``."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+import zlib
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from difffit import DifffitInputError
+from difffit.cli import main
+from difffit.report import bar_chart, fit_report, histogram, line_plot, page, table, write_report
+
+# The real-data cases live in test_fit; its folder is on sys.path under any import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_fit import CASES, random_move  # noqa: E402
+
+NAN = float("nan")
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def xml(fragment: str) -> ET.Element:
+    """Parse a fragment as XML: the plots must be well-formed to render as inline SVG."""
+    return ET.fromstring(fragment)
+
+
+# ----------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------
+
+
+def test_table_escapes_and_formats():
+    rows = [{"name": "<script>alert(1)</script>", "score": 0.123456, "n": 7, "big": 123456.0},
+            {"name": "a & b", "score": NAN, "n": 8, "big": None, "extra": "x\"y"}]
+    html = table(rows, caption="<b>caption</b>")
+    assert "<script>" not in html and "<b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "a &amp; b" in html
+    assert "&lt;b&gt;caption&lt;/b&gt;" in html
+    root = xml(html)
+    header = [th.text for th in root.iter("th")]
+    assert header == ["name", "score", "n", "big", "extra"]  # every key, first-seen order
+    cells = [[td.text or "" for td in tr.iter("td")] for tr in root.find("tbody")]
+    assert cells[0][1:4] == ["0.1235", "7", "1.235e+05"]
+    assert cells[1][1] == "n/a" and cells[1][3] == "" and cells[1][4] == 'x"y'
+    # Chosen columns, in the given order; unknown ones empty.
+    root = xml(table(rows, columns=["n", "missing"]))
+    cells = [[td.text or "" for td in tr.iter("td")] for tr in root.find("tbody")]
+    assert cells == [["7", ""], ["8", ""]]
+
+
+def test_table_empty():
+    root = xml(table([], columns=["rank", "score"], caption="nothing"))
+    assert [th.text for th in root.iter("th")] == ["rank", "score"]
+    assert [td.text for td in root.iter("td")] == ["(none)"]
+    assert "(none)" in table([])
+
+
+def _bar_counts(svg: str) -> list[int]:
+    return [int(t.rsplit(":", 1)[1]) for t in re.findall(r"<title>([^<]*)</title></rect>", svg)]
+
+
+def test_histogram_counts_nan_and_marks():
+    values = np.r_[np.arange(100.0), NAN, np.inf]
+    svg = histogram(values, bins=10, title="t <1>", xlabel="score",
+                    marks={"#1 <best>": 99.0, "nan mark": NAN, "none mark": None})
+    root = xml(svg)
+    assert sum(_bar_counts(svg)) == 100  # every finite value in a bin, none twice
+    assert "2 non-finite values left out" in svg
+    marks = [e for e in root.iter(f"{SVG}line") if e.get("class") == "mark"]
+    assert len(marks) == 1  # the NaN and None marks are not drawn
+    assert "#1 &lt;best&gt;" in svg and "t &lt;1&gt;" in svg
+    # Ticks with labels on both axes.
+    labels = [t.text for t in root.iter(f"{SVG}text")]
+    assert "0" in labels and "count" in labels and "score" in labels
+
+
+def test_histogram_degenerate_inputs():
+    for values, why in (([], "no data"), ([NAN, NAN], "no finite values")):
+        svg = histogram(values, title="empty")
+        xml(svg)
+        assert why in svg and "<rect class=\"bar\"" not in svg
+    svg = histogram([3.0] * 5, bins=4)  # all equal: one bar holding all
+    xml(svg)
+    assert _bar_counts(svg) == [5]
+    # A mark outside the values widens the axis rather than falling off it.
+    svg = histogram([0.0, 1.0], marks={"far": 10.0})
+    line = next(e for e in xml(svg).iter(f"{SVG}line") if e.get("class") == "mark")
+    assert float(line.get("x1")) <= 640
+
+
+def test_line_plot_gaps_legend_and_errors():
+    svg = line_plot({"a <x>": ([0, 1, 2, 3], [1, 2, NAN, 4]), "empty": ([0, 1], [NAN, NAN]),
+                     "median": ([0, 3], [0, 0])},
+                    title="T", xlabel="iteration", ylabel="score", context={"median"})
+    root = xml(svg)
+    lines = [e for e in root.iter(f"{SVG}polyline")]
+    # "a" is cut at its NaN into two runs (the lone last point also gets a dot); "empty"
+    # has no finite point and is named in the caption instead.
+    assert len([p for p in lines if p.find(f"{SVG}title").text == "a <x>"]) == 2
+    assert len(list(root.iter(f"{SVG}circle"))) == 1
+    assert "left out (no finite point): empty" in svg
+    legend = [t.text for t in root.iter(f"{SVG}text")]
+    assert "a <x>" in legend and "median" in legend and "empty" not in legend
+    assert 'stroke-dasharray="5 3"' in svg  # the context series
+    assert "no data" in line_plot({})
+    with pytest.raises(DifffitInputError, match="3 x and 2 y"):
+        line_plot({"bad": ([0, 1, 2], [0, 1])})
+
+
+def test_bar_chart_highlight_negative_nan():
+    labels = ["alpha", "beta <b>", "gamma", "a very long structure name indeed, over 28"]
+    svg = bar_chart(labels, [0.5, -0.25, NAN, 0.1], title="B", xlabel="cam", highlight={0, 3})
+    root = xml(svg)
+    bars = [e for e in root.iter(f"{SVG}rect") if "bar" in (e.get("class") or "")]
+    assert len(bars) == 3  # no bar for NaN
+    assert sum("highlight" in e.get("class") for e in bars) == 2
+    assert "n/a" in svg and "beta &lt;b&gt;" in svg and "…" in svg
+    # The negative bar lies left of the positive ones' start (zero).
+    x = {e.find(f"{SVG}title").text.split(":")[0]: float(e.get("x")) for e in bars}
+    assert x["beta <b>"] < x["alpha"]
+    assert "no finite values" in bar_chart(["a"], [NAN]) and "no data" in bar_chart([], [])
+    with pytest.raises(DifffitInputError):
+        bar_chart(["a", "b"], [1.0])
+
+
+def test_page_is_self_contained_and_escaped():
+    doc = page("Fit <of> & more", [("Results", table([{"a": 1}])), ("Results", "<p>x</p>"),
+                                   ("Plot", histogram([1, 2, 3]))],
+               meta={"command": "difffit fit <map>", "timings (s)": {"fit": 1.23456}})
+    assert doc.startswith("<!DOCTYPE html>") and doc.rstrip().endswith("</html>")
+    assert "<title>Fit &lt;of&gt; &amp; more</title>" in doc
+    assert "difffit fit &lt;map&gt;" in doc and "fit: 1.235" in doc
+    # Nothing fetched from elsewhere, nothing to run.
+    assert "<script" not in doc.lower()
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", doc)
+    assert "<link" not in doc and "@import" not in doc
+    ids = re.findall(r'<section id="([^"]+)"', doc)
+    assert ids == ["results", "results-2", "plot"]  # unique anchors for repeated headings
+    assert page("empty", []).count("<section") == 0
+
+
+def test_write_report_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "r.html"
+    assert write_report(path, "<p>first</p>") == path
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_report(path, "<p>second</p>")
+    assert path.read_text() == "<p>first</p>"
+    write_report(path, "<p>third</p>", overwrite=True)
+    assert path.read_text() == "<p>third</p>"
+    with pytest.raises(DifffitInputError, match="does not exist"):
+        write_report(tmp_path / "missing" / "r.html", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]  # no temporary left
+
+
+# ----------------------------------------------------------------------------------------
+# A reduced fit on real data
+# ----------------------------------------------------------------------------------------
+
+REDUCED = dict(n_rotations=20, n_positions=5, n_iters=60, refine_iters=20)
+
+
+@pytest.fixture(scope="module")
+def daq_fit(shared_data):
+    from difffit.fit import fit
+    from difffit.io import read_map, read_structure
+
+    _, map_path, model_path, res, voxel = next(c for c in CASES if c[0] == "daq")
+    dmap = read_map(shared_data / map_path, voxel_size=voxel)
+    R0, t0 = random_move(7)
+    model = read_structure(shared_data / model_path).transformed(R0, t0)
+    return fit(dmap, [model], res, **REDUCED)
+
+
+class _Tables(HTMLParser):
+    """Text of every table cell, per table (caption, rows), from an HTML document."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[dict] = []
+        self._cell: list[str] | None = None
+        self._caption = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append({"caption": "", "rows": []})
+        elif tag == "caption":
+            self._caption = True
+        elif tag == "tr" and self.tables:
+            self.tables[-1]["rows"].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "caption":
+            self._caption = False
+        elif tag in ("td", "th") and self._cell is not None:
+            self.tables[-1]["rows"][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        elif self._caption:
+            self.tables[-1]["caption"] += data
+
+
+def _top_table(doc: str) -> list[list[str]]:
+    """Rows (header first) of the "Top N placements" table of a report."""
+    parser = _Tables()
+    parser.feed(doc)
+    return next(t for t in parser.tables if t["caption"].startswith("Top "))["rows"]
+
+
+def _check_fit_report_html(doc: str, result) -> None:
+    """The report of a one-structure fit lists its placements and holds its two plots."""
+    from difffit.report import _fmt
+
+    placements = result.for_structure(0)
+    assert placements
+    header, *rows = _top_table(doc)
+    assert len(rows) == min(10, len(placements))
+    col = {h: k for k, h in enumerate(header)}
+    for row, p in zip(rows, placements):
+        assert row[col["rank"]] == str(p.rank) and row[col["hits"]] == str(p.hits)
+        assert row[col[f"score ({result.params.rank_by})"]] == _fmt(p.score)
+    assert '<table class="meta">' in doc
+    # Two plots: the histogram of all starts with the best clusters marked, and the
+    # convergence lines (one per marked cluster, plus the median of all starts).
+    assert doc.count("<svg") == 2
+    n_marked = min(5, len(placements))
+    assert len(re.findall(r'<line class="mark"', doc)) == n_marked
+    assert len(re.findall(r'<polyline class="series"', doc)) == n_marked + 1
+    assert f"best recorded score of each of {result.trajectory['score'].shape[1]} starts" in doc
+
+
+def test_fit_report_content(daq_fit, tmp_path):
+    path = fit_report(daq_fit, tmp_path / "report.html", command="difffit fit m.mrc s.pdb")
+    doc = path.read_text()
+    _check_fit_report_html(doc, daq_fit)
+    assert "difffit fit m.mrc s.pdb" in doc and "n_rotations: 20" in doc
+    with pytest.raises(FileExistsError):
+        fit_report(daq_fit, path)
+    fit_report(daq_fit, path, overwrite=True, top=2)
+    assert len(_top_table(path.read_text())) == 1 + 2
+
+
+def test_fit_report_without_trajectory(daq_fit, tmp_path):
+    doc = fit_report(replace(daq_fit, trajectory={}), tmp_path / "r.html").read_text()
+    assert "No trajectory recorded" in doc and "<svg" not in doc
+    assert len(_top_table(doc)) > 1
+
+
+# ----------------------------------------------------------------------------------------
+# In a real browser
+# ----------------------------------------------------------------------------------------
+
+_BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome",
+             "google-chrome-stable", "chrome")
+
+
+def _find_browser() -> str | None:
+    """$DIFFFIT_BROWSER, or the first Chromium-family browser on PATH."""
+    env = os.environ.get("DIFFFIT_BROWSER")
+    if env:
+        return shutil.which(env) or (env if Path(env).is_file() else None)
+    return next((b for b in map(shutil.which, _BROWSERS) if b), None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    found = _find_browser()
+    if found is None and os.environ.get("DIFFFIT_BROWSER"):
+        pytest.skip(f"DIFFFIT_BROWSER={os.environ['DIFFFIT_BROWSER']} is not an executable")
+    if found is None:
+        pytest.skip("no headless browser found (tried $DIFFFIT_BROWSER and "
+                    f"{', '.join(_BROWSERS)} on PATH); on Debian: "
+                    "apt-get install chromium-headless-shell")
+    return found
+
+
+def _run_browser(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start; the page is
+    # our own file. A private profile folder keeps parallel runs apart.
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           f"--user-data-dir={profile}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _png_pixels(data: bytes) -> np.ndarray:
+    """[h, w, channels] uint8 of an 8-bit RGB/RGBA non-interlaced PNG (what Chromium writes);
+    a small decoder, so that the test needs no imaging library."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, b""
+    while pos < len(data):
+        (n,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and colour in (2, 6) and interlace == 0, "unsupported PNG"
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    ch = 3 if colour == 2 else 4
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + w * ch)
+    kinds, filt = raw[:, 0], raw[:, 1:].reshape(h, w, ch).astype(np.int32)
+    # Undo the per-row filters along anti-diagonals: pixel (y, x) needs only its left,
+    # upper and upper-left neighbours, which all lie on earlier diagonals.
+    out = np.zeros((h + 1, w + 1, ch), np.int32)  # a zero row and column before the image
+    for d in range(h + w - 1):
+        y = np.arange(max(0, d - w + 1), min(h, d + 1))
+        x = d - y
+        a, b, c = out[y + 1, x], out[y, x + 1], out[y, x]
+        p = a + b - c
+        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        k = kinds[y][:, None]
+        pred = np.select([k == 1, k == 2, k == 3, k == 4], [a, b, (a + b) // 2, paeth], 0)
+        out[y + 1, x + 1] = (filt[y, x] + pred) % 256
+    return out[1:, 1:].astype(np.uint8)
+
+
+def test_png_decoder():
+    """The decoder against a PNG written by hand with every filter type."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (5, 4, 3), dtype=np.int32)
+    rows = []
+    for y, kind in enumerate(range(5)):
+        cur = img[y]
+        prev = img[y - 1] if y else np.zeros_like(cur)
+        left = np.vstack([np.zeros((1, 3), np.int32), cur[:-1]])
+        ul = np.vstack([np.zeros((1, 3), np.int32), prev[:-1]])
+        p = left + prev - ul
+        pa, pb, pc = np.abs(p - left), np.abs(p - prev), np.abs(p - ul)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, ul))
+        pred = [0, left, prev, (left + prev) // 2, paeth][kind]
+        rows.append(bytes([kind]) + ((cur - pred) % 256).astype(np.uint8).tobytes())
+
+    def chunk(kind, body):
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 5, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+    assert np.array_equal(_png_pixels(png), img.astype(np.uint8))
+
+
+def test_report_renders_in_headless_browser(daq_fit, browser, tmp_path):
+    path = fit_report(daq_fit, tmp_path / "report.html")
+    url = path.resolve().as_uri()
+
+    # The DOM as the browser built it: the tables and both SVG plots survived parsing.
+    dom = _run_browser(browser, tmp_path / "profile", "--dump-dom", url).stdout
+    assert "<svg" in dom and "</html>" in dom
+    _check_fit_report_html(dom, daq_fit)
+
+    # A screenshot of the top of the page: not blank (the white page, text, table shading,
+    # bars and coloured lines give many distinct colours), and drawn over its whole width.
+    shot = tmp_path / "report.png"
+    _run_browser(browser, tmp_path / "profile", f"--screenshot={shot}",
+                 "--window-size=1000,1400", url)
+    px = _png_pixels(shot.read_bytes())[..., :3]
+    assert px.shape[:2] == (1400, 1000)
+    colours = np.unique(px.reshape(-1, 3), axis=0)
+    assert len(colours) > 50, f"screenshot looks blank: {len(colours)} colours"
+    not_white = (px < 245).any(-1)
+    assert 0.01 < not_white.mean() < 0.6
+    # The plots' blue histogram bars (#9db4cf) are on screen, not just text.
+    bar = np.all(np.abs(px.astype(int) - [0x9d, 0xb4, 0xcf]) <= 3, -1)
+    assert bar.sum() > 500, "no histogram bars in the screenshot"
+
+
+# ----------------------------------------------------------------------------------------
+# difffit fit --report
+# ----------------------------------------------------------------------------------------
+
+
+def test_cli_report_flag(shared_data, tmp_path, capsys):
+    _, map_path, model_path, res, _ = next(c for c in CASES if c[0] == "daq")
+    args = ["fit", str(shared_data / map_path), str(shared_data / model_path), "-r", str(res),
+            "--rotations", "10", "--positions", "3", "--iterations", "30", "-q"]
+    out = tmp_path / "out"
+    assert main([*args, "-o", str(out), "--report"]) == 0
+    report = out / "report.html"
+    assert f"report: {report}" in capsys.readouterr().out
+    doc = report.read_text()
+    assert "<svg" in doc and "Top " in doc and "--report" in doc  # the command is recorded
+    assert "report.html" in (out / "log.txt").read_text()
+
+    # Without the flag: no report.
+    assert main([*args, "-o", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "report.html").exists()
