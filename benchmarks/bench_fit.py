@@ -37,16 +37,25 @@ def run(case, refine=True, seed=0):
     return sec, model.n_fit_atoms, top, pose_error(top, R0, t0, model)
 
 
+def _compiled_op_called(*args, **kwargs):
+    raise AssertionError("a compiled score / point_stats op ran inside reference_ops")
+
+
 class reference_ops:
-    """Swaps the compiled ops for the pure-PyTorch references inside the fit pipeline."""
+    """Swaps the compiled ops for the pure-PyTorch references inside the fit pipeline (the
+    compiled score and point_stats ops raise if anything still reaches them)."""
 
     def __enter__(self):
-        self.saved = ops.score, ops.point_stats
+        self.compiled = ops._score_op, ops._stats_op
+        ops._score_op = ops._stats_op = _compiled_op_called
+        self.saved = ops.score, ops.score_with_grad, ops.point_stats
         ops.score = lambda *a, validate=True: reference.score_reference(*a)
+        ops.score_with_grad = lambda *a, validate=True: reference.score_with_grad_reference(*a)
         ops.point_stats = lambda *a, validate=True, **k: reference.point_stats_reference(*a, **k)
 
     def __exit__(self, *exc):
-        ops.score, ops.point_stats = self.saved
+        ops.score, ops.score_with_grad, ops.point_stats = self.saved
+        ops._score_op, ops._stats_op = self.compiled
 
 
 def main():

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from difffit import DifffitInputError, ops
-from difffit.reference import point_stats_reference, score_reference, splat_reference
+from difffit.reference import (point_stats_reference, score_reference,
+                               score_with_grad_reference, splat_reference)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -92,6 +93,12 @@ def test_analytic_gradient_matches_autograd_of_reference():
     (score_reference(vol, w, o, v, pts, off, q2, t2, m) * up).sum().backward()
     torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(t1.grad, t2.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_score_with_grad_reference_matches_the_op():
+    case = make_case(P=9)
+    for got, want in zip(ops.score_with_grad(*case), score_with_grad_reference(*case)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_score_with_grad_returns_the_gradients():

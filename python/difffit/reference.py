@@ -60,6 +60,19 @@ def score_reference(volume: Tensor, weights: Tensor, origin: Sequence[float],
     return total.index_add(0, place, values) / counts
 
 
+def score_with_grad_reference(volume: Tensor, weights: Tensor, origin: Sequence[float],
+                              voxel_size: Sequence[float], points: Tensor, offsets: Tensor,
+                              quat: Tensor, trans: Tensor, mol_idx: Tensor):
+    """(score [P], d score / d quat [P, 4], d score / d trans [P, 3]) by autograd through
+    :func:`score_reference` (the reference of ``ops.score_with_grad``)."""
+    with torch.enable_grad():
+        q = quat.detach().clone().requires_grad_(True)
+        t = trans.detach().clone().requires_grad_(True)
+        s = score_reference(volume, weights, origin, voxel_size, points, offsets, q, t, mol_idx)
+        gq, gt = torch.autograd.grad(s.sum(), (q, t))
+    return s.detach(), gq, gt
+
+
 def point_stats_reference(volume: Tensor, origin: Sequence[float], voxel_size: Sequence[float],
                           points: Tensor, point_weights: Tensor, offsets: Tensor, quat: Tensor,
                           trans: Tensor, mol_idx: Tensor, channel: int = 0,
