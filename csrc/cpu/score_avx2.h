@@ -96,9 +96,10 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
   const int sy = v.nx, sz = v.nx * v.ny;
   // Corner offsets are constant: a one-voxel axis reads the same voxel twice.
   const int oy = v.ny > 1 ? sy : 0, oz = v.nz > 1 ? sz : 0;
-  const F8 R0(R[0]), R1(R[1]), R2(R[2]), R3(R[3]), R4(R[4]), R5(R[5]), R6(R[6]), R7(R[7]), R8(R[8]);
-  // Fractional index u = (R x + t - origin) / voxel = (R x) * iv + (t - origin) * iv.
-  const F8 Ix(v.ivx), Iy(v.ivy), Iz(v.ivz);
+  // Fractional index u = (R x + t - origin) / voxel: rows of R scaled by 1 / voxel.
+  const F8 R0(R[0] * v.ivx), R1(R[1] * v.ivx), R2(R[2] * v.ivx);
+  const F8 R3(R[3] * v.ivy), R4(R[4] * v.ivy), R5(R[5] * v.ivy);
+  const F8 R6(R[6] * v.ivz), R7(R[7] * v.ivz), R8(R[8] * v.ivz);
   const F8 Tx((t[0] - v.ox) * v.ivx), Ty((t[1] - v.oy) * v.ivy), Tz((t[2] - v.oz) * v.ivz);
   const __m256i SY = _mm256_set1_epi32(sy), SZ = _mm256_set1_epi32(sz);
   const float* data = v.data;
@@ -106,19 +107,22 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
   const bool x_pairs = v.nx > 1;
   SumD acc[13];
   const int64_t s0 = atoms.start[m], n_vec = (n + 7) / 8;
-  for (int64_t b = 0; b < n_vec; b += 4) {
-    F8 s = 0.f, g0 = 0.f, g1 = 0.f, g2 = 0.f;
-    F8 G0 = 0.f, G1 = 0.f, G2 = 0.f, G3 = 0.f, G4 = 0.f, G5 = 0.f, G6 = 0.f, G7 = 0.f, G8 = 0.f;
-    const int64_t b_end = b + 4 < n_vec ? b + 4 : n_vec;
-    for (int64_t vb = b; vb < b_end; ++vb) {
-      const int64_t i = s0 + 8 * vb;
+  // Blocks of 4 x 8 atoms in two passes, so that neither needs more than the 16 vector
+  // registers: pass 1 samples (value and spatial gradient per atom, kept in L1), pass 2
+  // accumulates the 13 sums.
+  constexpr int kVec = 4;
+  alignas(32) float val_b[kVec][8], gx_b[kVec][8], gy_b[kVec][8], gz_b[kVec][8];
+  for (int64_t b = 0; b < n_vec; b += kVec) {
+    const int nb = int(b + kVec < n_vec ? kVec : n_vec - b);
+    for (int j = 0; j < nb; ++j) {
+      const int64_t i = s0 + 8 * (b + j);
       const F8 X = _mm256_loadu_ps(atoms.x + i), Y = _mm256_loadu_ps(atoms.y + i);
       const F8 Z = _mm256_loadu_ps(atoms.z + i);
       __m256i xi, yi, zi;
       F8 tx, ty, tz, mx, my, mz;
-      axis8(fmadd(fmadd(R0, X, fmadd(R1, Y, R2 * Z)), Ix, Tx), v.nx, v.ivx, xi, tx, mx);
-      axis8(fmadd(fmadd(R3, X, fmadd(R4, Y, R5 * Z)), Iy, Ty), v.ny, v.ivy, yi, ty, my);
-      axis8(fmadd(fmadd(R6, X, fmadd(R7, Y, R8 * Z)), Iz, Tz), v.nz, v.ivz, zi, tz, mz);
+      axis8(fmadd(R0, X, fmadd(R1, Y, fmadd(R2, Z, Tx))), v.nx, v.ivx, xi, tx, mx);
+      axis8(fmadd(R3, X, fmadd(R4, Y, fmadd(R5, Z, Ty))), v.ny, v.ivy, yi, ty, my);
+      axis8(fmadd(R6, X, fmadd(R7, Y, fmadd(R8, Z, Tz))), v.nz, v.ivz, zi, tz, mz);
       alignas(32) int base[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(base),
                          _mm256_add_epi32(_mm256_add_epi32(_mm256_mullo_epi32(zi, SZ),
@@ -131,21 +135,32 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
         load_x_pairs(data, base, oy + oz, c[6], c[7]);
       } else {
         const int off[4] = {0, oy, oz, oy + oz};
-        for (int j = 0; j < 4; ++j) {
-          alignas(32) float cj[8];
-          for (int k = 0; k < 8; ++k) cj[k] = data[base[k] + off[j]];
-          c[2 * j] = c[2 * j + 1] = _mm256_load_ps(cj);
+        for (int q = 0; q < 4; ++q) {
+          alignas(32) float cq[8];
+          for (int k = 0; k < 8; ++k) cq[k] = data[base[k] + off[q]];
+          c[2 * q] = c[2 * q + 1] = _mm256_load_ps(cq);
         }
       }
       F8 dtx, dty, dtz;
       F8 val = trilinear_corners(c, tx, ty, tz, dtx, dty, dtz);
-      if (vb == n_vec - 1) {  // only a molecule's last 8 atoms may hold padding lanes
+      if (b + j == n_vec - 1) {  // only a molecule's last 8 atoms may hold padding lanes
         const F8 K = _mm256_loadu_ps(atoms.keep + i);
         val = val * K;
         mx = mx * K; my = my * K; mz = mz * K;
       }
-      s += val;
-      const F8 gx = dtx * mx, gy = dty * my, gz = dtz * mz;
+      _mm256_store_ps(val_b[j], val.v);
+      _mm256_store_ps(gx_b[j], (dtx * mx).v);
+      _mm256_store_ps(gy_b[j], (dty * my).v);
+      _mm256_store_ps(gz_b[j], (dtz * mz).v);
+    }
+    F8 s = 0.f, g0 = 0.f, g1 = 0.f, g2 = 0.f;
+    F8 G0 = 0.f, G1 = 0.f, G2 = 0.f, G3 = 0.f, G4 = 0.f, G5 = 0.f, G6 = 0.f, G7 = 0.f, G8 = 0.f;
+    for (int j = 0; j < nb; ++j) {
+      const int64_t i = s0 + 8 * (b + j);
+      const F8 X = _mm256_loadu_ps(atoms.x + i), Y = _mm256_loadu_ps(atoms.y + i);
+      const F8 Z = _mm256_loadu_ps(atoms.z + i);
+      const F8 gx = _mm256_load_ps(gx_b[j]), gy = _mm256_load_ps(gy_b[j]), gz = _mm256_load_ps(gz_b[j]);
+      s += F8(_mm256_load_ps(val_b[j]));
       g0 += gx; g1 += gy; g2 += gz;
       G0 = fmadd(gx, X, G0); G1 = fmadd(gx, Y, G1); G2 = fmadd(gx, Z, G2);
       G3 = fmadd(gy, X, G3); G4 = fmadd(gy, Y, G4); G5 = fmadd(gy, Z, G5);
