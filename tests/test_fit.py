@@ -147,3 +147,20 @@ def test_refine_top_limits_refinement_and_refined_clusters_are_distinct():
             assert np.linalg.norm(ca - cb) > 3.0 or angle > 6.0
     with pytest.raises(DifffitInputError, match="refine_top"):
         FitParams(refine_top=0)
+
+
+def test_adam_matches_torch_optim_adam():
+    """The search's in-place Adam takes the steps torch.optim.Adam takes."""
+    from difffit.fit import _Adam
+
+    g = torch.Generator().manual_seed(0)
+    p1 = torch.randn(100, 4, generator=g)
+    p2 = p1.clone().requires_grad_()
+    ours, theirs = _Adam(p1, 0.01), torch.optim.Adam([p2], lr=0.01)
+    for _ in range(50):
+        # Gradients over 14 orders of magnitude, down to where v underflows float32.
+        grad = torch.randn(100, 4, generator=g) * 10.0 ** torch.randint(-12, 2, (100, 1), generator=g)
+        ours.step(grad)
+        p2.grad = grad.clone()
+        theirs.step()
+    torch.testing.assert_close(p1, p2.detach(), rtol=1e-5, atol=1e-6)

@@ -113,6 +113,17 @@ void score_placement(const ScoreArgs<T>& a, int64_t p) {
   score_finish(acc, end - begin, u, qn, a.score + p, a.grad_q + 4 * p, a.grad_t + 3 * p);
 }
 
+// Point samples (placements x their molecule's atoms) of a call. Calls below
+// kParallelSamples (well under a millisecond of work) run on one thread: waking a team
+// costs more than it saves, and far more when another process holds the cores.
+constexpr int64_t kParallelSamples = 100000;
+template <typename T>
+int64_t n_samples(const Placements<T>& pl, const int64_t* offsets) {
+  int64_t n = 0;
+  for (int64_t p = 0; p < pl.n_place; ++p) n += offsets[pl.mol_idx[p] + 1] - offsets[pl.mol_idx[p]];
+  return n;
+}
+
 // Z-order (Morton) key of a point given in cell units: the 10 low bits of each clamped
 // cell index, interleaved. Sorting by it keeps points that are close in space close in
 // the order.
@@ -176,7 +187,7 @@ void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order
   }
   const simd::PaddedAtoms atoms{x, y, z, keep, start.data()};
   const int64_t P = a.place.n_place;
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) if (n_samples(a.place, a.offsets) >= kParallelSamples)
   for (int64_t i = 0; i < P; ++i) simd::score_placement_c1(a, atoms, order[i]);
 }
 #endif
@@ -188,7 +199,7 @@ void score_all(const ScoreArgs<T>& a) {
   if constexpr (std::is_same_v<T, float> && NC == 1) return score_all_simd(a, order);
 #endif
   const int64_t P = a.place.n_place;
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) if (n_samples(a.place, a.offsets) >= kParallelSamples)
   for (int64_t i = 0; i < P; ++i) score_placement<T, NC>(a, order[i]);
 }
 
@@ -209,7 +220,7 @@ void score_cpu(const ScoreArgs<T>& a) {
 template <typename T>
 void stats_cpu(const StatsArgs<T>& a) {
   const int64_t P = a.place.n_place;
-#pragma omp parallel for schedule(dynamic, 16)
+#pragma omp parallel for schedule(dynamic, 16) if (n_samples(a.place, a.offsets) >= kParallelSamples)
   for (int64_t p = 0; p < P; ++p) {
     T u[4], R[9];
     quat_to_matrix(a.place.quat + 4 * p, u, R);
