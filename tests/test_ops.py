@@ -40,10 +40,19 @@ def make_case(dtype=torch.float64, C=3, sizes=(1, 50, 200), P=40, shape=(17, 13,
     return vol, weights, origin, voxel, points, offsets, quat, trans, mol_idx
 
 
-@pytest.mark.parametrize("P", [2, 40])  # 2: the multi-channel kernel; 40: channels summed first
-def test_score_matches_reference_float64(P):
-    vol, w, o, v, pts, off, q, t, m = make_case(P=P)
-    got = ops.score(vol, w, o, v, pts, off, q, t, m)
+# (2, larger volume): the multi-channel kernel; 40: channels summed first (ops.py's rule).
+@pytest.mark.parametrize("P,shape", [(2, (40, 30, 20)), (40, (17, 13, 11))])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_score_matches_reference(P, shape, dtype):
+    case = make_case(P=P, shape=shape)
+    vol, w, o, v, pts, off, q, t, m = case
+    want = score_reference(*case)
+    if dtype == torch.float32:
+        case = [c.float() if torch.is_tensor(c) and c.is_floating_point() else c for c in case]
+    got = ops.score(*case)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+        return
     want = score_reference(vol, w, o, v, pts, off, q, t, m)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
