@@ -81,7 +81,6 @@ void score(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<d
   a.score = mptr<T>(out_score, "score");
   a.grad_q = mptr<T>(out_grad_q, "grad_q");
   a.grad_t = mptr<T>(out_grad_t, "grad_t");
-  if (n_place == 0) return;
   if (device == kCPU) {
     py::gil_scoped_release nogil;
     score_cpu<T>(a);
@@ -124,7 +123,6 @@ void stats(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<d
   a.n_mol = n_mol;
   a.place = placements<T>(quat, trans, mol_idx, n_place);
   a.stats = mptr<T>(out_stats, "stats");
-  if (n_place == 0) return;
   if (device == kCPU) {
     py::gil_scoped_release nogil;
     stats_cpu<T>(a);

@@ -18,12 +18,6 @@ from difffit.rotations import (
 )
 
 
-def _gen(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
 def _rot(axis, angle_deg) -> torch.Tensor:
     """[3,3] rotation by angle_deg about axis."""
     axis = torch.nn.functional.normalize(torch.as_tensor(axis, dtype=torch.float64), dim=0)
@@ -64,7 +58,7 @@ def _jittered(center, R, count, g, shift=0.9, angle=2.5):
 
 
 def test_three_poses_with_jitter_and_noise():
-    g = _gen(0)
+    g = torch.Generator().manual_seed(0)
     true_R = quat_to_matrix(random_rotations(3, g))
     true_c = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     # poses 0 and 2 share a centre but differ in rotation: only the angle separates them
@@ -123,7 +117,7 @@ def test_three_poses_with_jitter_and_noise():
     ],
 )
 def test_tolerance_boundary(shift, angle, joins):
-    R0 = quat_to_matrix(random_rotations(1, _gen(1)))[0]
+    R0 = quat_to_matrix(random_rotations(1, torch.Generator().manual_seed(1)))[0]
     direction = torch.nn.functional.normalize(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), dim=0)
     centers = torch.stack([torch.zeros(3, dtype=torch.float64) + 7.0, 7.0 + shift * direction])
     rotations = torch.stack([R0, _rot([0.3, 1.0, -0.2], angle) @ R0])
@@ -208,7 +202,7 @@ def test_matches_sequential_rule_across_blocks(block, monkeypatch):
     # Many overlapping clusters (crowded: hundreds of poses near 6 centres and rotations), so
     # that blocks see both old and new representatives; float32 inputs.
     monkeypatch.setattr(cluster_mod, "_BLOCK", block)
-    g = _gen(5)
+    g = torch.Generator().manual_seed(5)
     P = 1500 if block == 1024 else 300
     base_q = random_rotations(6, g)
     base_c = torch.rand(6, 3, generator=g, dtype=torch.float64) * 8

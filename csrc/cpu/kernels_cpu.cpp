@@ -267,12 +267,7 @@ void splat_cpu(const SplatArgs<T>& a) {
   }
 }
 
-template void score_cpu<float>(const ScoreArgs<float>&);
-template void score_cpu<double>(const ScoreArgs<double>&);
-template void stats_cpu<float>(const StatsArgs<float>&);
-template void stats_cpu<double>(const StatsArgs<double>&);
-template void splat_cpu<float>(const SplatArgs<float>&);
-template void splat_cpu<double>(const SplatArgs<double>&);
+DIFFFIT_INSTANTIATE_CPU_ENTRY_POINTS
 
 }  // namespace DIFFFIT_CPU_NS
 }  // namespace difffit

@@ -1040,7 +1040,8 @@ _RULE_OPTIONS = (
 
 def add_cli(sub) -> None:
     """Register ``difffit composite``, ``difffit simulate`` and ``difffit zero``."""
-    from .cli import _positive_float, _positive_int, _voxel_size, add_search_arguments
+    from .cli import (_positive_float, _positive_int, _voxel_size, add_map_arguments,
+                      add_search_arguments)
 
     c = sub.add_parser(
         "composite", help="place several subunits into one map, round after round",
@@ -1050,13 +1051,9 @@ def add_cli(sub) -> None:
                     "rest; repeat until a round accepts nothing. Every round is written to "
                     "the output folder; the result is composite.cif (chains named "
                     "<chain>_<input>_<copy>) with a ChimeraX script.")
-    c.add_argument("map", metavar="MAP", help="density map (MRC/CCP4, optionally .gz)")
+    add_map_arguments(c)  # MAP, -r, -t, --voxel-size
     c.add_argument("structures", metavar="STRUCTURE", nargs="+",
                    help="subunits to place (PDB/mmCIF); all chains of a file move together")
-    c.add_argument("-r", "--resolution", type=_positive_float, required=True,
-                   help="map resolution in Angstrom")
-    c.add_argument("-t", "--threshold", type=float, default=None,
-                   help="contour level (default: map mean + 1 standard deviation)")
     c.add_argument("--copies", type=_copies_arg, default=None, metavar="N|N1,N2,..",
                    help="copies to place at most: one number for all, or one per structure "
                         "('*' = open); default: open (until nothing more is accepted)")
@@ -1067,8 +1064,6 @@ def add_cli(sub) -> None:
     c.add_argument("--force", action="store_true",
                    help="start anew in a non-empty output folder (its previous run is removed)")
     c.add_argument("--report", action="store_true", help="also write report.html")
-    c.add_argument("--voxel-size", type=_voxel_size, default=None, metavar="V",
-                   help="override the map header's voxel size: V or Vx,Vy,Vz Angstrom")
     _add_structure_options(c, with_selection=True)
     c.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     add_search_arguments(c)

@@ -165,7 +165,7 @@ class _Adam:
     autograd nor an optimizer object: a few fused tensor operations per step.
     """
 
-    def __init__(self, param: Tensor, lr: float | Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, param: Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.p, self.lr, self.b1, self.b2, self.eps = param, lr, betas[0], betas[1], eps
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
@@ -437,12 +437,13 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
                                            m_rep_idx[sd], validate=False)
         for k, v in m_sel.items():
             m_rep[k][sel.to(m_rep[k].device)] = v.to(m_rep[k].dtype)
-    keep, hits = _merge_refined(g_mol, quat_to_matrix(q_rep.cpu()), t_rep.cpu(),
+    R_rep = quat_to_matrix(q_rep.cpu())                                         # [G, 3, 3]
+    keep, hits = _merge_refined(g_mol, R_rep, t_rep.cpu(),
                                 m_rep[params.rank_by].cpu(), hits, refined, params)
     timings["refine"] = time.perf_counter() - t0
 
     placements = []
-    R_rep = quat_to_matrix(q_rep.cpu()).numpy()
+    R_rep = R_rep.numpy()
     t_rep_np = t_rep.cpu().numpy()
     for g in keep.tolist():
         i, start = groups[g][0], groups[g][1]

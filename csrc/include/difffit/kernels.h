@@ -68,6 +68,16 @@ template <typename T> void channel_sum_cpu(const T* vol, int64_t n_voxels, int n
 // Name of the CPU variant in use ("avx2" or "baseline").
 const char* cpu_variant();
 
+// Explicit float and double instantiations of the three CPU entry points, written in the
+// dispatcher's namespace and in each variant's.
+#define DIFFFIT_INSTANTIATE_CPU_ENTRY_POINTS                     \
+  template void score_cpu<float>(const ScoreArgs<float>&);      \
+  template void score_cpu<double>(const ScoreArgs<double>&);    \
+  template void stats_cpu<float>(const StatsArgs<float>&);      \
+  template void stats_cpu<double>(const StatsArgs<double>&);    \
+  template void splat_cpu<float>(const SplatArgs<float>&);      \
+  template void splat_cpu<double>(const SplatArgs<double>&);
+
 // The variants themselves (csrc/cpu/kernels_cpu.cpp compiled once per instruction set).
 #define DIFFFIT_DECLARE_CPU(NS)                                  \
   namespace NS {                                                 \
