@@ -81,16 +81,24 @@ def test_score_float32_one_channel_gradients_match_float64_reference(shape, spre
     torch.testing.assert_close(gt.double(), t.grad, rtol=1e-4, atol=1e-4)
 
 
-def test_baseline_cpu_build_passes_the_kernel_tests():
-    """DIFFFIT_CPU=baseline selects the scalar build; it must pass the same checks."""
-    if ops.load().build_info()["cpu_variant"] == "baseline":
-        pytest.skip("this machine runs the baseline build already")
-    env = {**os.environ, "DIFFFIT_CPU": "baseline"}
+_CPU_VARIANTS = ("baseline", "avx2", "avx512")  # slowest to fastest
+
+
+@pytest.mark.parametrize("variant", _CPU_VARIANTS[:-1])
+def test_lower_cpu_builds_pass_the_kernel_tests(variant):
+    """DIFFFIT_CPU=baseline|avx2 caps the CPU build; each must pass the same checks."""
+    running = ops.load().build_info()["cpu_variant"]
+    if _CPU_VARIANTS.index(running) <= _CPU_VARIANTS.index(variant):
+        pytest.skip(f"this machine runs the {running} build already")
+    env = {**os.environ, "DIFFFIT_CPU": variant}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
                           "-k", "matches_reference or float32 or gradcheck or outside or one_voxel"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert " passed" in run.stdout
+    probe = subprocess.run([sys.executable, "-c", "import difffit; print(difffit.build_info()['cpu_variant'])"],
+                           env=env, capture_output=True, text=True)
+    assert probe.stdout.strip() == variant
 
 
 def test_analytic_gradient_matches_autograd_of_reference():

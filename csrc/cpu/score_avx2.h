@@ -1,15 +1,17 @@
 // AVX2 + FMA score kernel for the common case of fitting: float32, one channel (the
 // pyramid levels summed with their weights). Included by kernels_cpu.cpp only when it is
-// compiled with -mavx2 -mfma.
+// compiled with -mavx2 -mfma (the "avx2" variant) or, in addition, with AVX-512 (the
+// "avx512" variant: the same code, with 32 vector registers and hardware gathers).
 //
 // Eight atoms move through the whole computation together in 256-bit registers. The
 // trilinear formulas are math.h's (trilinear_corners is instantiated with the F8 type
 // below); axis8 is axis_lookup written with vector min / max / compare, and the tests run
-// both (DIFFFIT_CPU=baseline selects the scalar build). Two things make it fast:
+// every variant (DIFFFIT_CPU=baseline|avx2 selects a lower one). What makes it fast:
 //  * The two x corners of a cell are adjacent floats, so the 8 corners of an atom are four
-//    64-bit loads, regrouped into per-corner vectors with shuffles (on this class of CPU a
-//    hardware gather is slower than these loads).
-//  * Sums run in float over at most 32 atoms per lane, then in double, as in the scalar
+//    64-bit loads, regrouped into per-corner vectors. With AVX2 alone these are scalar
+//    loads and shuffles (on AMD Zen 3 a hardware gather is slower); with AVX-512 they are
+//    one 8 x 64-bit gather per corner row, which keeps Intel's single shuffle port free.
+//  * Sums run in float over at most 16 atoms per lane, then in double, as in the scalar
 //    kernel, so float32 scores over large molecules keep their precision.
 #pragma once
 
@@ -78,6 +80,30 @@ inline void load_x_pairs(const float* data, const int* base, int off, F8& c0, F8
   c1 = _mm256_shuffle_ps(A, B, _MM_SHUFFLE(3, 1, 3, 1));
 }
 
+// The 8 corners c[x + 2 y + 4 z] of eight atoms whose cells start at float offsets `base`
+// (x axis of more than one voxel; oy, oz: offsets of the y + 1 and z + 1 rows).
+inline void load_corners(const float* data, __m256i base, int oy, int oz, F8 c[8]) {
+#ifdef __AVX512DQ__
+  // One hardware gather of eight 64-bit (x0, x1) pairs per row, then one permute that
+  // splits the x0 and x1 floats into two vectors.
+  const __m512i split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const int off[4] = {0, oy, oz, oy + oz};
+  for (int r = 0; r < 4; ++r) {
+    const __m512 g = _mm512_castpd_ps(_mm512_i32gather_pd(base, data + off[r], 4));
+    const __m512 p = _mm512_permutexvar_ps(split, g);
+    c[2 * r] = _mm512_castps512_ps256(p);
+    c[2 * r + 1] = _mm512_extractf32x8_ps(p, 1);
+  }
+#else
+  alignas(32) int bs[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(bs), base);
+  load_x_pairs(data, bs, 0, c[0], c[1]);
+  load_x_pairs(data, bs, oy, c[2], c[3]);
+  load_x_pairs(data, bs, oz, c[4], c[5]);
+  load_x_pairs(data, bs, oy + oz, c[6], c[7]);
+#endif
+}
+
 // Atoms of all molecules as padded structure-of-arrays: molecule m occupies
 // [start[m], start[m] + 8 * ceil(n_m / 8)); padding lanes repeat the last atom with keep = 0.
 struct PaddedAtoms {
@@ -107,10 +133,11 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
   const bool x_pairs = v.nx > 1;
   SumD acc[13];
   const int64_t s0 = atoms.start[m], n_vec = (n + 7) / 8;
-  // Blocks of 4 x 8 atoms in two passes, so that neither needs more than the 16 vector
-  // registers: pass 1 samples (value and spatial gradient per atom, kept in L1), pass 2
-  // accumulates the 13 sums.
-  constexpr int kVec = 4;
+  // Blocks of 16 x 8 atoms in two passes: pass 1 samples (value and spatial gradient per
+  // atom, kept in L1), pass 2 accumulates the 13 sums. Two passes need fewer registers
+  // than one and measured faster even with 32; long blocks make the conversion of the
+  // float block sums to double rare.
+  constexpr int kVec = 16;
   alignas(32) float val_b[kVec][8], gx_b[kVec][8], gy_b[kVec][8], gz_b[kVec][8];
   for (int64_t b = 0; b < n_vec; b += kVec) {
     const int nb = int(b + kVec < n_vec ? kVec : n_vec - b);
@@ -123,21 +150,18 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
       axis8(fmadd(R0, X, fmadd(R1, Y, fmadd(R2, Z, Tx))), v.nx, v.ivx, xi, tx, mx);
       axis8(fmadd(R3, X, fmadd(R4, Y, fmadd(R5, Z, Ty))), v.ny, v.ivy, yi, ty, my);
       axis8(fmadd(R6, X, fmadd(R7, Y, fmadd(R8, Z, Tz))), v.nz, v.ivz, zi, tz, mz);
-      alignas(32) int base[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(base),
-                         _mm256_add_epi32(_mm256_add_epi32(_mm256_mullo_epi32(zi, SZ),
-                                                           _mm256_mullo_epi32(yi, SY)), xi));
+      const __m256i base = _mm256_add_epi32(
+          _mm256_add_epi32(_mm256_mullo_epi32(zi, SZ), _mm256_mullo_epi32(yi, SY)), xi);
       F8 c[8];  // c[x + 2 y + 4 z]
       if (x_pairs) {
-        load_x_pairs(data, base, 0, c[0], c[1]);
-        load_x_pairs(data, base, oy, c[2], c[3]);
-        load_x_pairs(data, base, oz, c[4], c[5]);
-        load_x_pairs(data, base, oy + oz, c[6], c[7]);
+        load_corners(data, base, oy, oz, c);
       } else {
+        alignas(32) int bs[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(bs), base);
         const int off[4] = {0, oy, oz, oy + oz};
         for (int q = 0; q < 4; ++q) {
           alignas(32) float cq[8];
-          for (int k = 0; k < 8; ++k) cq[k] = data[base[k] + off[q]];
+          for (int k = 0; k < 8; ++k) cq[k] = data[bs[k] + off[q]];
           c[2 * q] = c[2 * q + 1] = _mm256_load_ps(cq);
         }
       }

@@ -65,7 +65,7 @@ template <typename T> void stats_cpu(const StatsArgs<T>& a);
 template <typename T> void splat_cpu(const SplatArgs<T>& a);
 // out[i] = sum_c w[c] * vol[i * nc + c] for the n_voxels voxels of a volume (OpenMP).
 template <typename T> void channel_sum_cpu(const T* vol, int64_t n_voxels, int nc, const T* w, T* out);
-// Name of the CPU variant in use ("avx2" or "baseline").
+// Name of the CPU variant in use ("avx512", "avx2" or "baseline").
 const char* cpu_variant();
 
 // Explicit float and double instantiations of the three CPU entry points, written in the
@@ -88,6 +88,7 @@ const char* cpu_variant();
 DIFFFIT_DECLARE_CPU(base)
 #ifdef DIFFFIT_HAVE_AVX2
 DIFFFIT_DECLARE_CPU(avx2)
+DIFFFIT_DECLARE_CPU(avx512)
 #endif
 #undef DIFFFIT_DECLARE_CPU
 
