@@ -185,7 +185,29 @@ void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order
       keep[start[m] + k] = k < n ? 1.f : 0.f;
     }
   }
-  const simd::PaddedAtoms atoms{x, y, z, keep, start.data()};
+  // Bounding sphere of each block of simd::kBlockVec x 8 padded atoms (centroid, largest
+  // distance, widened by a relative 1e-5 so that float rounding cannot put an atom outside).
+  constexpr int64_t kBlockAtoms = 8 * simd::kBlockVec;
+  std::vector<int64_t> first_block(M + 1, 0);
+  for (int64_t m = 0; m < M; ++m)
+    first_block[m + 1] = first_block[m] + (start[m + 1] - start[m] + kBlockAtoms - 1) / kBlockAtoms;
+  std::vector<float> sphere(4 * first_block[M]);
+  for (int64_t m = 0; m < M; ++m) {
+    float* sp = sphere.data() + 4 * first_block[m];
+    for (int64_t b0 = start[m]; b0 < start[m + 1]; b0 += kBlockAtoms, sp += 4) {
+      const int64_t b1 = std::min(b0 + kBlockAtoms, start[m + 1]);
+      double c[3] = {0, 0, 0}, r2 = 0;
+      for (int64_t k = b0; k < b1; ++k) { c[0] += x[k]; c[1] += y[k]; c[2] += z[k]; }
+      for (double& cd : c) cd /= double(b1 - b0);
+      for (int64_t k = b0; k < b1; ++k)
+        r2 = std::max(r2, (x[k] - c[0]) * (x[k] - c[0]) + (y[k] - c[1]) * (y[k] - c[1]) +
+                          (z[k] - c[2]) * (z[k] - c[2]));
+      const double r = std::sqrt(r2);
+      sp[0] = float(c[0]); sp[1] = float(c[1]); sp[2] = float(c[2]);
+      sp[3] = float(r * (1 + 1e-5) + 1e-5 * (std::abs(c[0]) + std::abs(c[1]) + std::abs(c[2])));
+    }
+  }
+  const simd::PaddedAtoms atoms{x, y, z, keep, start.data(), sphere.data(), first_block.data()};
   const int64_t P = a.place.n_place;
 #pragma omp parallel for schedule(dynamic, 8) if (n_samples(a.place, a.offsets) >= kParallelSamples)
   for (int64_t i = 0; i < P; ++i) simd::score_placement_c1(a, atoms, order[i]);

@@ -66,6 +66,14 @@ inline void axis8(F8 u, int n, float inv_voxel, __m256i& i0, F8& t, F8& m) {
   m = _mm256_and_ps(inside, _mm256_set1_ps(inv_voxel));
 }
 
+// axis8 for atoms known to lie inside the grid (u in [0, n - 1) with a margin): no clamping,
+// and the same results as axis8 there.
+inline void axis8_interior(F8 u, float inv_voxel, __m256i& i0, F8& t, F8& m) {
+  i0 = _mm256_cvttps_epi32(u.v);
+  t = u - F8(_mm256_cvtepi32_ps(i0));
+  m = F8(inv_voxel);
+}
+
 // The corners (x0, x1) at float offset `off` from each lane's base index, as two vectors.
 inline void load_x_pairs(const float* data, const int* base, int off, F8& c0, F8& c1) {
   const float* q = data + off;
@@ -106,10 +114,29 @@ inline void load_corners(const float* data, __m256i base, int oy, int oz, F8 c[8
 
 // Atoms of all molecules as padded structure-of-arrays: molecule m occupies
 // [start[m], start[m] + 8 * ceil(n_m / 8)); padding lanes repeat the last atom with keep = 0.
+// Atoms are scored in blocks of kBlockVec x 8; each block has a bounding sphere, so that a
+// placement can tell at once whether all of the block's atoms land inside the grid.
+constexpr int kBlockVec = 16;
 struct PaddedAtoms {
   const float *x, *y, *z, *keep;
   const int64_t* start;
+  const float* sphere;        // [blocks, 4]: centre (x, y, z) and radius of each block
+  const int64_t* first_block; // [M]: index of molecule m's first block in `sphere`
 };
+
+// Whether every point within `r` of centre c (centred coordinates) falls strictly inside
+// the grid after the placement (R, t), with a margin of 0.01 voxel for float rounding.
+inline bool sphere_inside(const VolumeView<float>& v, const float R[9], const float t[3],
+                          const float c[3], float r) {
+  const float o[3] = {v.ox, v.oy, v.oz}, iv[3] = {v.ivx, v.ivy, v.ivz};
+  const int n[3] = {v.nx, v.ny, v.nz};
+  bool inside = true;
+  for (int d = 0; d < 3; ++d) {
+    const float u = (R[3 * d] * c[0] + R[3 * d + 1] * c[1] + R[3 * d + 2] * c[2] + t[d] - o[d]) * iv[d];
+    inside &= (u - r * iv[d] >= 0.01f) & (u + r * iv[d] <= float(n[d] - 1) - 0.01f);
+  }
+  return inside;
+}
 
 // Score of placement p of a one-channel float volume (same outputs as the scalar kernel).
 inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& atoms, int64_t p) {
@@ -137,19 +164,31 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
   // atom, kept in L1), pass 2 accumulates the 13 sums. Two passes need fewer registers
   // than one and measured faster even with 32; long blocks make the conversion of the
   // float block sums to double rare.
-  constexpr int kVec = 16;
+  constexpr int kVec = kBlockVec;
   alignas(32) float val_b[kVec][8], gx_b[kVec][8], gy_b[kVec][8], gz_b[kVec][8];
-  for (int64_t b = 0; b < n_vec; b += kVec) {
+  const float* sphere = atoms.sphere + 4 * atoms.first_block[m];
+  for (int64_t b = 0; b < n_vec; b += kVec, sphere += 4) {
     const int nb = int(b + kVec < n_vec ? kVec : n_vec - b);
+    // Blocks that land inside the grid (most, in a padded map) skip the clamping.
+    const bool interior = sphere_inside(v, R, t, sphere, sphere[3]);
     for (int j = 0; j < nb; ++j) {
       const int64_t i = s0 + 8 * (b + j);
       const F8 X = _mm256_loadu_ps(atoms.x + i), Y = _mm256_loadu_ps(atoms.y + i);
       const F8 Z = _mm256_loadu_ps(atoms.z + i);
       __m256i xi, yi, zi;
       F8 tx, ty, tz, mx, my, mz;
-      axis8(fmadd(R0, X, fmadd(R1, Y, fmadd(R2, Z, Tx))), v.nx, v.ivx, xi, tx, mx);
-      axis8(fmadd(R3, X, fmadd(R4, Y, fmadd(R5, Z, Ty))), v.ny, v.ivy, yi, ty, my);
-      axis8(fmadd(R6, X, fmadd(R7, Y, fmadd(R8, Z, Tz))), v.nz, v.ivz, zi, tz, mz);
+      const F8 ux = fmadd(R0, X, fmadd(R1, Y, fmadd(R2, Z, Tx)));
+      const F8 uy = fmadd(R3, X, fmadd(R4, Y, fmadd(R5, Z, Ty)));
+      const F8 uz = fmadd(R6, X, fmadd(R7, Y, fmadd(R8, Z, Tz)));
+      if (interior) {
+        axis8_interior(ux, v.ivx, xi, tx, mx);
+        axis8_interior(uy, v.ivy, yi, ty, my);
+        axis8_interior(uz, v.ivz, zi, tz, mz);
+      } else {
+        axis8(ux, v.nx, v.ivx, xi, tx, mx);
+        axis8(uy, v.ny, v.ivy, yi, ty, my);
+        axis8(uz, v.nz, v.ivz, zi, tz, mz);
+      }
       const __m256i base = _mm256_add_epi32(
           _mm256_add_epi32(_mm256_mullo_epi32(zi, SZ), _mm256_mullo_epi32(yi, SY)), xi);
       F8 c[8];  // c[x + 2 y + 4 z]
