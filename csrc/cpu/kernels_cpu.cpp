@@ -23,15 +23,64 @@
 namespace difffit {
 namespace DIFFFIT_CPU_NS {
 
-// Score of one placement. Atoms are processed in blocks of kBlock in three passes: the
-// corner indices and fractions of every atom of the block (arithmetic, vectorisable), then
-// the channel-weighted corner values (independent gathers, which the CPU overlaps instead
-// of waiting on one cache miss at a time), then interpolation, gradients and sums
-// (vectorisable). The formulas are those of math.h (axis_lookup, weighted_voxel,
-// trilinear_corners); only the loop order differs from the GPU path. NC > 0 fixes the
-// channel count at compile time for the common pyramid depths.
+// The scalar kernels process points in blocks of kBlock in three passes: the corner
+// indices and fractions of every point of the block (arithmetic, vectorisable), then the
+// corner values (independent gathers, which the CPU overlaps instead of waiting on one
+// cache miss at a time), then interpolation and sums (vectorisable). The formulas are
+// those of math.h (axis_lookup, trilinear_corners / trilinear_value); only the loop order
+// differs from the GPU path.
 constexpr int kBlock = 32;
 
+// Pass 1 of the blocked kernels: where each of a block's points lands in the grid after
+// the placement (R, t): the float offset of its cell's first corner (base), the offsets
+// to the x + 1, y + 1 and z + 1 corners (0 on a one-voxel axis), the fractions, and the
+// derivative factor per axis (1 / voxel size, 0 where the point was clamped).
+template <typename T>
+struct BlockCells {
+  int base[kBlock], dx[kBlock], dy[kBlock], dz[kBlock];
+  T tx[kBlock], ty[kBlock], tz[kBlock], mx[kBlock], my[kBlock], mz[kBlock];
+};
+
+template <typename T>
+inline void locate_block(const VolumeView<T>& v, int nc, const T* R, const T* t, const T* points,
+                         int nb, BlockCells<T>& b) {
+  // 32-bit offsets vectorise (the bindings reject volumes of 2^31 values or more).
+  const int sy = v.nx * nc, sz = v.nx * v.ny * nc;
+#pragma omp simd
+  for (int k = 0; k < nb; ++k) {
+    const T* x = points + 3 * k;
+    const T px = R[0] * x[0] + R[1] * x[1] + R[2] * x[2] + t[0];
+    const T py = R[3] * x[0] + R[4] * x[1] + R[5] * x[2] + t[1];
+    const T pz = R[6] * x[0] + R[7] * x[1] + R[8] * x[2] + t[2];
+    int x0, x1, y0, y1, z0, z1;
+    bool inx, iny, inz;
+    axis_lookup((px - v.ox) * v.ivx, v.nx, x0, x1, b.tx[k], inx);
+    axis_lookup((py - v.oy) * v.ivy, v.ny, y0, y1, b.ty[k], iny);
+    axis_lookup((pz - v.oz) * v.ivz, v.nz, z0, z1, b.tz[k], inz);
+    b.base[k] = z0 * sz + y0 * sy + x0 * nc;
+    b.dx[k] = (x1 - x0) * nc;
+    b.dy[k] = (y1 - y0) * sy;
+    b.dz[k] = (z1 - z0) * sz;
+    b.mx[k] = inx ? v.ivx : T(0);  // a clamped axis has no derivative
+    b.my[k] = iny ? v.ivy : T(0);
+    b.mz[k] = inz ? v.ivz : T(0);
+  }
+}
+
+// Pass 2: the 8 corner values c[x + 2y + 4z][k] of each point, value(q) reading the voxel
+// whose first channel is at q (independent loads, which the CPU overlaps).
+template <typename T, typename Value>
+inline void block_corners(const T* data, const BlockCells<T>& b, int nb, Value value, T c[8][kBlock]) {
+  for (int k = 0; k < nb; ++k) {
+    const T* d = data + b.base[k];
+    const int dx = b.dx[k], dy = b.dy[k], dz = b.dz[k];
+    const int o[8] = {0, dx, dy, dx + dy, dz, dx + dz, dy + dz, dx + dy + dz};
+    for (int j = 0; j < 8; ++j) c[j][k] = value(d + o[j]);
+  }
+}
+
+// Score of one placement (channel-weighted corners). NC > 0 fixes the channel count at
+// compile time for the common pyramid depths.
 template <typename T, int NC>
 void score_placement(const ScoreArgs<T>& a, int64_t p) {
   const VolumeView<T>& v = a.vol;
@@ -41,53 +90,22 @@ void score_placement(const ScoreArgs<T>& a, int64_t p) {
   const T* t = a.place.trans + 3 * p;
   const int64_t m = a.place.mol_idx[p];
   const int64_t begin = a.offsets[m], end = a.offsets[m + 1];
-  // 32-bit offsets vectorise (the bindings reject volumes of 2^31 values or more).
-  const int sy = v.nx * nc, sz = v.nx * v.ny * nc;
   T w[NC > 0 ? NC : kMaxChannels];  // weights in registers, not re-read per corner
   for (int ch = 0; ch < nc; ++ch) w[ch] = a.weights[ch];
+  const auto weighted = [&](const T* q) {
+    if (NC == 1) return w[0] * q[0];
+    T s = T(0);
+    for (int ch = 0; ch < nc; ++ch) s += w[ch] * q[ch];
+    return s;
+  };
 
   ScoreAcc<double> acc;
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int nb = int(end - b0 < kBlock ? end - b0 : kBlock);
-    int base[kBlock], dx[kBlock], dy[kBlock], dz[kBlock];
-    T tx[kBlock], ty[kBlock], tz[kBlock], mx[kBlock], my[kBlock], mz[kBlock];
-    // Pass 1: where each moved atom falls in the grid.
-#pragma omp simd
-    for (int k = 0; k < nb; ++k) {
-      const T* x = a.points + 3 * (b0 + k);
-      const T px = R[0] * x[0] + R[1] * x[1] + R[2] * x[2] + t[0];
-      const T py = R[3] * x[0] + R[4] * x[1] + R[5] * x[2] + t[1];
-      const T pz = R[6] * x[0] + R[7] * x[1] + R[8] * x[2] + t[2];
-      int x0, x1, y0, y1, z0, z1;
-      bool inx, iny, inz;
-      axis_lookup((px - v.ox) * v.ivx, v.nx, x0, x1, tx[k], inx);
-      axis_lookup((py - v.oy) * v.ivy, v.ny, y0, y1, ty[k], iny);
-      axis_lookup((pz - v.oz) * v.ivz, v.nz, z0, z1, tz[k], inz);
-      base[k] = z0 * sz + y0 * sy + x0 * nc;
-      dx[k] = (x1 - x0) * nc;
-      dy[k] = (y1 - y0) * sy;
-      dz[k] = (z1 - z0) * sz;
-      mx[k] = inx ? v.ivx : T(0);  // a clamped axis has no derivative
-      my[k] = iny ? v.ivy : T(0);
-      mz[k] = inz ? v.ivz : T(0);
-    }
-    // Pass 2: the 8 channel-weighted corners of each atom, c[x + 2y + 4z].
+    BlockCells<T> b;
+    locate_block(v, nc, R, t, a.points + 3 * b0, nb, b);
     T c[8][kBlock];
-    for (int k = 0; k < nb; ++k) {
-      const T* d = v.data + base[k];
-      const int o[8] = {0, dx[k], dy[k], dx[k] + dy[k], dz[k], dx[k] + dz[k],
-                            dy[k] + dz[k], dx[k] + dy[k] + dz[k]};
-      for (int j = 0; j < 8; ++j) {
-        if (NC == 1) {
-          c[j][k] = w[0] * d[o[j]];
-        } else {
-          const T* q = d + o[j];
-          T s = T(0);
-          for (int ch = 0; ch < nc; ++ch) s += w[ch] * q[ch];
-          c[j][k] = s;
-        }
-      }
-    }
+    block_corners(v.data, b, nb, weighted, c);
     // Pass 3: value, spatial gradient and the per-placement sums.
     T s = 0, g0 = 0, g1 = 0, g2 = 0;
     T G0 = 0, G1 = 0, G2 = 0, G3 = 0, G4 = 0, G5 = 0, G6 = 0, G7 = 0, G8 = 0;
@@ -95,8 +113,8 @@ void score_placement(const ScoreArgs<T>& a, int64_t p) {
     for (int k = 0; k < nb; ++k) {
       T dtx, dty, dtz;
       const T ck[8] = {c[0][k], c[1][k], c[2][k], c[3][k], c[4][k], c[5][k], c[6][k], c[7][k]};
-      s += trilinear_corners(ck, tx[k], ty[k], tz[k], dtx, dty, dtz);
-      const T gx = dtx * mx[k], gy = dty * my[k], gz = dtz * mz[k];
+      s += trilinear_corners(ck, b.tx[k], b.ty[k], b.tz[k], dtx, dty, dtz);
+      const T gx = dtx * b.mx[k], gy = dty * b.my[k], gz = dtz * b.mz[k];
       const T* x = a.points + 3 * (b0 + k);
       g0 += gx; g1 += gy; g2 += gz;
       G0 += gx * x[0]; G1 += gx * x[1]; G2 += gx * x[2];
@@ -141,14 +159,14 @@ uint32_t morton_key(const T c[3]) {
 // consecutive placements then read overlapping parts of the map, which stay in its cache
 // instead of being fetched again for every placement.
 template <typename T>
-std::vector<int64_t> spatial_order(const ScoreArgs<T>& a) {
-  const int64_t P = a.place.n_place;
-  const T inv[3] = {a.vol.ivx / 8, a.vol.ivy / 8, a.vol.ivz / 8};
-  const T org[3] = {a.vol.ox, a.vol.oy, a.vol.oz};
+std::vector<int64_t> spatial_order(const Placements<T>& pl, const VolumeView<T>& v) {
+  const int64_t P = pl.n_place;
+  const T inv[3] = {v.ivx / 8, v.ivy / 8, v.ivz / 8};
+  const T org[3] = {v.ox, v.oy, v.oz};
   std::vector<std::pair<uint32_t, int64_t>> key(P);
   for (int64_t p = 0; p < P; ++p) {
     T c[3];
-    for (int d = 0; d < 3; ++d) c[d] = (a.place.trans[3 * p + d] - org[d]) * inv[d];
+    for (int d = 0; d < 3; ++d) c[d] = (pl.trans[3 * p + d] - org[d]) * inv[d];
     key[p] = {morton_key(c), p};
   }
   std::sort(key.begin(), key.end());
@@ -216,7 +234,7 @@ void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order
 
 template <typename T, int NC>
 void score_all(const ScoreArgs<T>& a) {
-  const std::vector<int64_t> order = spatial_order(a);
+  const std::vector<int64_t> order = spatial_order(a.place, a.vol);
 #ifdef DIFFFIT_SIMD_SCORE
   if constexpr (std::is_same_v<T, float> && NC == 1) return score_all_simd(a, order);
 #endif
@@ -239,20 +257,49 @@ void score_cpu(const ScoreArgs<T>& a) {
   }
 }
 
+// Statistics of one placement, in the blocked three-pass form of score_placement (index
+// arithmetic, independent corner loads, then interpolation and sums), with math.h's
+// axis_lookup and trilinear_value; one channel of the volume is sampled.
+template <typename T>
+void stats_placement(const StatsArgs<T>& a, int64_t p) {
+  const VolumeView<T>& v = a.vol;
+  T u[4], R[9];
+  quat_to_matrix(a.place.quat + 4 * p, u, R);
+  const T* t = a.place.trans + 3 * p;
+  const int64_t m = a.place.mol_idx[p];
+  const int64_t begin = a.offsets[m], end = a.offsets[m + 1];
+  const T* data = v.data + a.channel;
+  const T threshold = a.threshold;
+  StatsAcc<double> acc;
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int nb = int(end - b0 < kBlock ? end - b0 : kBlock);
+    BlockCells<T> b;
+    locate_block(v, v.nc, R, t, a.points + 3 * b0, nb, b);
+    T c[8][kBlock];
+    block_corners(data, b, nb, [](const T* q) { return q[0]; }, c);
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+    int n_in = 0;  // a count, so that the comparison is a vector select, not a branch
+    const T* pw = a.point_weights + b0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, n_in)
+    for (int k = 0; k < nb; ++k) {
+      const T ck[8] = {c[0][k], c[1][k], c[2][k], c[3][k], c[4][k], c[5][k], c[6][k], c[7][k]};
+      const T d = trilinear_value(ck, b.tx[k], b.ty[k], b.tz[k]);
+      const T w = pw[k];
+      s0 += w; s1 += w * w; s2 += d; s3 += d * d; s4 += w * d;
+      n_in += d > threshold;
+    }
+    // Block sums (<= kBlock terms) in T, running sums in double, as in the score kernel.
+    acc.v[0] += s0; acc.v[1] += s1; acc.v[2] += s2; acc.v[3] += s3; acc.v[4] += s4; acc.v[5] += n_in;
+  }
+  for (int k = 0; k < kNumStats; ++k) a.stats[kNumStats * p + k] = T(acc.v[k]);
+}
+
 template <typename T>
 void stats_cpu(const StatsArgs<T>& a) {
+  const std::vector<int64_t> order = spatial_order(a.place, a.vol);
   const int64_t P = a.place.n_place;
-#pragma omp parallel for schedule(dynamic, 16) if (n_samples(a.place, a.offsets) >= kParallelSamples)
-  for (int64_t p = 0; p < P; ++p) {
-    T u[4], R[9];
-    quat_to_matrix(a.place.quat + 4 * p, u, R);
-    const T* t = a.place.trans + 3 * p;
-    const int64_t m = a.place.mol_idx[p];
-    StatsAcc<double> acc;
-    for (int64_t i = a.offsets[m]; i < a.offsets[m + 1]; ++i)
-      stats_point(a.vol, a.channel, a.threshold, R, t, a.points + 3 * i, a.point_weights[i], acc);
-    for (int k = 0; k < kNumStats; ++k) a.stats[kNumStats * p + k] = T(acc.v[k]);
-  }
+#pragma omp parallel for schedule(dynamic, 8) if (n_samples(a.place, a.offsets) >= kParallelSamples)
+  for (int64_t i = 0; i < P; ++i) stats_placement(a, order[i]);
 }
 
 // Splatting scatters into shared voxels. Instead of atomics, each thread owns a slab of z

@@ -152,6 +152,16 @@ DF_HD T sample_weighted_grad(const VolumeView<T>& v, const T* w, T px, T py, T p
   return val;
 }
 
+// Trilinear interpolation of the 8 corner values c[x + 2 y + 4 z] (value only; the same
+// formula as trilinear_corners).
+template <typename T>
+DF_HD T trilinear_value(const T* c, T tx, T ty, T tz) {
+  const T c00 = c[0] + tx * (c[1] - c[0]), c10 = c[2] + tx * (c[3] - c[2]);
+  const T c01 = c[4] + tx * (c[5] - c[4]), c11 = c[6] + tx * (c[7] - c[6]);
+  const T c0 = c00 + ty * (c10 - c00), c1 = c01 + ty * (c11 - c01);
+  return c0 + tz * (c1 - c0);
+}
+
 // Trilinear sample of one channel at world point p (value only).
 template <typename T>
 DF_HD T sample_channel(const VolumeView<T>& v, int channel, T px, T py, T pz) {
@@ -164,12 +174,9 @@ DF_HD T sample_channel(const VolumeView<T>& v, int channel, T px, T py, T pz) {
   const int64_t nx = v.nx, nxy = int64_t(v.nx) * v.ny, nc = v.nc;
   const T* d = v.data + channel;
   auto at = [&](int x, int y, int z) { return d[((int64_t)z * nxy + (int64_t)y * nx + x) * nc]; };
-  const T c00 = at(x0, y0, z0) + tx * (at(x1, y0, z0) - at(x0, y0, z0));
-  const T c10 = at(x0, y1, z0) + tx * (at(x1, y1, z0) - at(x0, y1, z0));
-  const T c01 = at(x0, y0, z1) + tx * (at(x1, y0, z1) - at(x0, y0, z1));
-  const T c11 = at(x0, y1, z1) + tx * (at(x1, y1, z1) - at(x0, y1, z1));
-  const T c0 = c00 + ty * (c10 - c00), c1 = c01 + ty * (c11 - c01);
-  return c0 + tz * (c1 - c0);
+  const T c[8] = {at(x0, y0, z0), at(x1, y0, z0), at(x0, y1, z0), at(x1, y1, z0),
+                  at(x0, y0, z1), at(x1, y0, z1), at(x0, y1, z1), at(x1, y1, z1)};
+  return trilinear_value(c, tx, ty, tz);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -227,20 +234,24 @@ struct StatsAcc {
   }
 };
 
+// Adds one weighted point's sampled density d to the statistics sums.
+template <typename A>
+DF_HD void stats_add(A d, A wt, A threshold, StatsAcc<A>& acc) {
+  acc.v[0] += wt;
+  acc.v[1] += wt * wt;
+  acc.v[2] += d;
+  acc.v[3] += d * d;
+  acc.v[4] += wt * d;
+  acc.v[5] += d > threshold ? A(1) : A(0);
+}
+
 template <typename T, typename A>
 DF_HD void stats_point(const VolumeView<T>& v, int channel, T threshold, const T* R, const T* t,
                        const T* x, T weight, StatsAcc<A>& acc) {
   const T px = R[0] * x[0] + R[1] * x[1] + R[2] * x[2] + t[0];
   const T py = R[3] * x[0] + R[4] * x[1] + R[5] * x[2] + t[1];
   const T pz = R[6] * x[0] + R[7] * x[1] + R[8] * x[2] + t[2];
-  const A d = A(sample_channel(v, channel, px, py, pz));
-  const A wt = A(weight);
-  acc.v[0] += wt;
-  acc.v[1] += wt * wt;
-  acc.v[2] += d;
-  acc.v[3] += d * d;
-  acc.v[4] += wt * d;
-  acc.v[5] += d > A(threshold) ? A(1) : A(0);
+  stats_add(A(sample_channel(v, channel, px, py, pz)), A(weight), A(threshold), acc);
 }
 
 // Gaussian splatting: the index box [lo, hi] of voxels within `radius` of world point p
