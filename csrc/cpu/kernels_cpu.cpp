@@ -147,12 +147,32 @@ int64_t n_samples(const Placements<T>& pl, const int64_t* offsets) {
 // the order.
 template <typename T>
 uint32_t morton_key(const T c[3]) {
+  // Spreads the 10 bits of v to every third bit (bit i -> bit 3 i).
+  const auto spread = [](uint32_t v) {
+    v = (v | (v << 16)) & 0x030000FFu;
+    v = (v | (v << 8)) & 0x0300F00Fu;
+    v = (v | (v << 4)) & 0x030C30C3u;
+    v = (v | (v << 2)) & 0x09249249u;
+    return v;
+  };
   uint32_t k = 0;
   for (int d = 0; d < 3; ++d) {
     const uint32_t cell = c[d] > T(0) ? (c[d] < T(1023) ? uint32_t(c[d]) : 1023u) : 0u;  // NaN -> 0
-    for (int bit = 0; bit < 10; ++bit) k |= ((cell >> bit) & 1u) << (3 * bit + d);
+    k |= spread(cell) << d;
   }
   return k;
+}
+
+// Indices 0 .. n-1 sorted by key(i) (stable for equal keys): one sort of 64-bit words
+// (key in the high half, index in the low half), much faster than sorting pairs.
+template <typename Key>
+std::vector<int64_t> sorted_by(int64_t n, Key key) {
+  std::vector<uint64_t> w(n);
+  for (int64_t i = 0; i < n; ++i) w[i] = (uint64_t(key(i)) << 32) | uint64_t(i);
+  std::sort(w.begin(), w.end());
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = int64_t(w[i] & 0xFFFFFFFFu);
+  return order;
 }
 
 // Placements in Z-order of their translations, in cells of 8 voxels: a thread's
@@ -160,19 +180,13 @@ uint32_t morton_key(const T c[3]) {
 // instead of being fetched again for every placement.
 template <typename T>
 std::vector<int64_t> spatial_order(const Placements<T>& pl, const VolumeView<T>& v) {
-  const int64_t P = pl.n_place;
   const T inv[3] = {v.ivx / 8, v.ivy / 8, v.ivz / 8};
   const T org[3] = {v.ox, v.oy, v.oz};
-  std::vector<std::pair<uint32_t, int64_t>> key(P);
-  for (int64_t p = 0; p < P; ++p) {
+  return sorted_by(pl.n_place, [&](int64_t p) {
     T c[3];
     for (int d = 0; d < 3; ++d) c[d] = (pl.trans[3 * p + d] - org[d]) * inv[d];
-    key[p] = {morton_key(c), p};
-  }
-  std::sort(key.begin(), key.end());
-  std::vector<int64_t> order(P);
-  for (int64_t p = 0; p < P; ++p) order[p] = key[p].second;
-  return order;
+    return morton_key(c);
+  });
 }
 
 #ifdef DIFFFIT_SIMD_SCORE
@@ -187,18 +201,15 @@ void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order
   for (int64_t m = 0; m < M; ++m) start[m + 1] = start[m] + (a.offsets[m + 1] - a.offsets[m] + 7) / 8 * 8;
   std::vector<float> soa(4 * start[M] + 1);
   float *x = soa.data(), *y = x + start[M], *z = y + start[M], *keep = z + start[M];
-  std::vector<std::pair<uint32_t, int64_t>> key;
   for (int64_t m = 0; m < M; ++m) {
     const int64_t b = a.offsets[m], n = a.offsets[m + 1] - b;
-    key.resize(n);
-    for (int64_t k = 0; k < n; ++k) {  // 4 A cells around the molecule's centroid
+    const std::vector<int64_t> order = sorted_by(n, [&](int64_t k) {  // 4 A cells
       const float* pt = a.points + 3 * (b + k);
       const float c[3] = {pt[0] * 0.25f + 512.f, pt[1] * 0.25f + 512.f, pt[2] * 0.25f + 512.f};
-      key[k] = {morton_key(c), b + k};
-    }
-    std::sort(key.begin(), key.end());
+      return morton_key(c);
+    });
     for (int64_t k = 0; k < start[m + 1] - start[m]; ++k) {
-      const float* pt = a.points + 3 * key[std::min(k, n - 1)].second;
+      const float* pt = a.points + 3 * (b + order[std::min(k, n - 1)]);
       x[start[m] + k] = pt[0]; y[start[m] + k] = pt[1]; z[start[m] + k] = pt[2];
       keep[start[m] + k] = k < n ? 1.f : 0.f;
     }
