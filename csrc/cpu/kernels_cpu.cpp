@@ -190,15 +190,17 @@ std::vector<int64_t> spatial_order(const Placements<T>& pl, const VolumeView<T>&
 }
 
 #ifdef DIFFFIT_SIMD_SCORE
-// One-channel float32 volumes take the 8-atoms-at-a-time kernel of score_avx2.h, which
-// reads the atoms as padded structure-of-arrays, built once per call (O(atoms)). Within
+// One-channel float32 volumes take the vector-of-atoms kernel of score_avx2.h (8 or 16
+// lanes), which reads the atoms as padded structure-of-arrays, built once per call
+// (O(atoms)). Within
 // each molecule the atoms are put in Z-order (4 A cells): a rigid motion keeps neighbours
 // together, so consecutive atoms then read nearby voxels from cache. Only the order of
 // the sums changes.
 void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order) {
   const int64_t M = a.n_mol;
   std::vector<int64_t> start(M + 1, 0);
-  for (int64_t m = 0; m < M; ++m) start[m + 1] = start[m] + (a.offsets[m + 1] - a.offsets[m] + 7) / 8 * 8;
+  constexpr int64_t L = simd::kLanes;
+  for (int64_t m = 0; m < M; ++m) start[m + 1] = start[m] + (a.offsets[m + 1] - a.offsets[m] + L - 1) / L * L;
   std::vector<float> soa(4 * start[M] + 1);
   float *x = soa.data(), *y = x + start[M], *z = y + start[M], *keep = z + start[M];
   for (int64_t m = 0; m < M; ++m) {
@@ -214,9 +216,9 @@ void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order
       keep[start[m] + k] = k < n ? 1.f : 0.f;
     }
   }
-  // Bounding sphere of each block of simd::kBlockVec x 8 padded atoms (centroid, largest
+  // Bounding sphere of each block of simd::kBlockAtoms padded atoms (centroid, largest
   // distance, widened by a relative 1e-5 so that float rounding cannot put an atom outside).
-  constexpr int64_t kBlockAtoms = 8 * simd::kBlockVec;
+  constexpr int64_t kBlockAtoms = simd::kBlockAtoms;
   std::vector<int64_t> first_block(M + 1, 0);
   for (int64_t m = 0; m < M; ++m)
     first_block[m + 1] = first_block[m] + (start[m + 1] - start[m] + kBlockAtoms - 1) / kBlockAtoms;
