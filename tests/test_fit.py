@@ -121,6 +121,29 @@ def test_same_seed_same_result_and_chunking_does_not_change_it():
     assert a.trajectory["quat"].shape == (5, 48, 4)  # records at 0, 10, 20, 30, 40
 
 
+def test_result_does_not_depend_on_the_thread_count():
+    """Each placement is computed by one thread, whatever the thread count, so results
+    are bitwise reproducible on 1 or 2 threads (benchmarks script fits and compare)."""
+    dmap = read_map(DATA / "daq_emd2566_3j6b/2566_3J6B_9.mrc")
+    model = read_structure(DATA / "daq_emd2566_3j6b/3J6B_9.pdb")
+    kw = dict(n_rotations=24, n_positions=8, n_iters=40, refine_top=4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = fit(dmap, [model], 5.0, **kw)
+        torch.set_num_threads(1)
+        b = fit(dmap, [model], 5.0, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    for key in a.trajectory:
+        np.testing.assert_array_equal(a.trajectory[key], b.trajectory[key])
+    assert len(a.placements) == len(b.placements) > 1
+    for p, q in zip(a.placements, b.placements):
+        assert p.hits == q.hits
+        np.testing.assert_array_equal(p.rotation, q.rotation)
+        np.testing.assert_array_equal(p.translation, q.translation)
+
+
 def test_bad_parameters_are_clear_errors():
     with pytest.raises(DifffitInputError, match="rank_by"):
         FitParams(rank_by="nonsense")
