@@ -46,8 +46,8 @@ class reference_ops:
     compiled score and point_stats ops raise if anything still reaches them)."""
 
     def __enter__(self):
-        self.compiled = ops._score_op, ops._stats_op
-        ops._score_op = ops._stats_op = _compiled_op_called
+        self.compiled = ops._score_op, ops._stats_op, ops._score_impl, ops._stats_impl
+        ops._score_op = ops._stats_op = ops._score_impl = ops._stats_impl = _compiled_op_called
         self.saved = ops.score, ops.score_with_grad, ops.point_stats
         ops.score = lambda *a, validate=True: reference.score_reference(*a)
         ops.score_with_grad = lambda *a, validate=True: reference.score_with_grad_reference(*a)
@@ -55,7 +55,7 @@ class reference_ops:
 
     def __exit__(self, *exc):
         ops.score, ops.score_with_grad, ops.point_stats = self.saved
-        ops._score_op, ops._stats_op = self.compiled
+        ops._score_op, ops._stats_op, ops._score_impl, ops._stats_impl = self.compiled
 
 
 def main():

@@ -214,7 +214,12 @@ def test_splat_matches_reference_and_molmap_integral():
     amp = torch.randint(6, 9, (60,), generator=g).double()
     args = (pts, amp, 1.2, 3.0, (14, 15, 16), (0.5, 0.0, -0.5), (1.0, 0.95, 1.05))
     got = ops.splat(*args)
-    torch.testing.assert_close(got, splat_reference(*args), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ops.splat(*args), got, rtol=0, atol=0)  # bitwise reproducible
+    # The kernel agrees with a numpy float64 molmap to 1e-14 every time; torch's float64 exp
+    # in the reference was off by up to 3e-9 (relative) in about 1 run in 25 of this file
+    # (seen 2026-11-30, torch 2.13.0 CPU), hence rtol 1e-7: a wrong sigma, cutoff, frame or
+    # inclusion rule moves values by 1e-3 or more.
+    torch.testing.assert_close(got, splat_reference(*args), rtol=1e-7, atol=1e-9)
     # With a wide cutoff on a fine grid each Gaussian integrates to amp (2 pi)^1.5 sigma^3.
     one = ops.splat(torch.tensor([[5.0, 5.0, 5.0]], dtype=torch.float64), torch.tensor([7.0], dtype=torch.float64),
                     1.0, 5.0, (41, 41, 41), (0.0, 0.0, 0.0), (0.25, 0.25, 0.25))
