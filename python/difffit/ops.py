@@ -20,7 +20,8 @@ normalised inside the op.
 
 The ops are registered as ``torch.ops.difffit.score``, ``.point_stats`` and ``.splat``.
 The public functions below call the same implementation directly when nothing needs the
-dispatcher (no tracing, no input that requires grad): see :func:`_direct`.
+dispatcher (no tracing, no tensor subclass; :func:`_direct`), with an equivalent
+``torch.autograd.Function`` for the score's eager autograd.
 """
 from __future__ import annotations
 
@@ -295,16 +296,33 @@ def _(points, amplitudes, sigma, cutoff, shape, frame):
 
 def _direct(*tensors: Tensor) -> bool:
     """Whether a public function may call an op's implementation directly instead of going
-    through the torch.library dispatcher: outside torch.compile / export tracing, on plain
-    tensors, none of which needs a gradient. The result is the same; the direct call skips
-    the dispatcher (tens of microseconds per call) and, on a process's first call, the
-    import of torch._dynamo that the dispatcher triggers (about a second, which was most of
-    a command-line fit). Everything else (autograd, tracing, tensor subclasses) takes the op.
+    through the torch.library dispatcher: outside torch.compile / export tracing, and on
+    plain tensors (no subclass, e.g. no FakeTensor). The result is the same; the direct call
+    skips the dispatcher (tens of microseconds per call) and, on a process's first call,
+    the import of torch._dynamo that the dispatcher triggers (about a second, which was
+    most of a command-line fit). Tracing and tensor subclasses take the registered op.
     """
-    if torch.compiler.is_compiling():
-        return False
-    grad = torch.is_grad_enabled()
-    return all(type(t) is Tensor and not (grad and t.requires_grad) for t in tensors)
+    return not torch.compiler.is_compiling() and all(type(t) is Tensor for t in tensors)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+class _ScoreFunction(torch.autograd.Function):
+    """Eager autograd of the score, the same as the op's registered autograd (the forward
+    keeps the analytic gradients, the backward scales them) without the dispatcher."""
+
+    @staticmethod
+    def forward(ctx, volume, weights, frame, points, offsets, quat, trans, mol_idx):
+        score, grad_q, grad_t = _score_impl(volume, weights, frame, points, offsets, quat,
+                                            trans, mol_idx)
+        ctx.save_for_backward(grad_q, grad_t)
+        return score
+
+    @staticmethod
+    def backward(ctx, g_score):
+        return _score_backward(ctx, g_score, None, None)
 
 
 def _to_torch(*arrays):
@@ -343,7 +361,8 @@ def score_with_grad(volume: Tensor, weights: Tensor, origin: Sequence[float],
         volume, weights, points, offsets, quat, trans, mol_idx)
     if validate:
         validate_ragged(points, offsets, mol_idx)
-    op = _score_impl if _direct(volume, weights, points, quat, trans) else _score_op
+    tensors = (volume, weights, points, quat, trans)
+    op = _score_impl if _direct(*tensors) and not _needs_grad(*tensors) else _score_op
     s, gq, gt = op(volume, weights, _frame(origin, voxel_size), points, offsets, quat, trans, mol_idx)
     return _out(s, numpy), _out(gq, numpy), _out(gt, numpy)
 
@@ -360,8 +379,14 @@ def score(volume: Tensor, weights: Tensor, origin: Sequence[float], voxel_size: 
         volume, weights, points, offsets, quat, trans, mol_idx)
     if validate:
         validate_ragged(points, offsets, mol_idx)
-    op = _score_impl if _direct(volume, weights, points, quat, trans) else _score_op
-    s = op(volume, weights, _frame(origin, voxel_size), points, offsets, quat, trans, mol_idx)[0]
+    args = (volume, weights, _frame(origin, voxel_size), points, offsets, quat, trans, mol_idx)
+    tensors = (volume, weights, points, quat, trans)
+    if not _direct(*tensors):
+        s = _score_op(*args)[0]
+    elif _needs_grad(*tensors):
+        s = _ScoreFunction.apply(*args)
+    else:
+        s = _score_impl(*args)[0]
     return _out(s, numpy)
 
 
@@ -385,7 +410,8 @@ def point_stats(volume: Tensor, origin: Sequence[float], voxel_size: Sequence[fl
         volume, points, point_weights, offsets, quat, trans, mol_idx)
     if validate:
         validate_ragged(points, offsets, mol_idx)
-    op = _stats_impl if _direct(volume, points, point_weights, quat, trans) else _stats_op
+    tensors = (volume, points, point_weights, quat, trans)
+    op = _stats_impl if _direct(*tensors) and not _needs_grad(*tensors) else _stats_op
     s = op(volume, _frame(origin, voxel_size), points, point_weights, offsets, quat, trans,
            mol_idx, int(channel), float(threshold))
     return _out(s, numpy)
@@ -406,7 +432,7 @@ def splat(points: Tensor, amplitudes: Tensor, sigma: float, cutoff: float,
         [nz, ny, nx] grid.
     """
     (points, amplitudes), numpy = _to_torch(points, amplitudes)
-    op = _splat_impl if _direct(points, amplitudes) else _splat_op
+    op = _splat_impl if _direct(points, amplitudes) and not _needs_grad(points, amplitudes) else _splat_op
     g = op(points, amplitudes, float(sigma), float(cutoff), [int(s) for s in shape],
            _frame(origin, voxel_size))
     return _out(g, numpy)
