@@ -66,8 +66,8 @@ def test_score_float32_close_to_float64():
 
 
 @pytest.mark.parametrize("shape,spread", [((17, 13, 11), 6.0),   # atoms inside and outside
-                                          ((40, 36, 32), 6.0),   # most 128-atom blocks inside
-                                          ((40, 36, 32), 14.0),  # blocks inside and across the border
+                                          ((40, 36, 32), 6.0),   # most 32-atom groups inside
+                                          ((40, 36, 32), 14.0),  # groups inside and across the border
                                           ((9, 12, 1), 4.0),     # one-voxel x axis
                                           ((1, 6, 7), 30.0)])    # one-voxel z, most clamped
 def test_score_float32_one_channel_gradients_match_float64_reference(shape, spread):

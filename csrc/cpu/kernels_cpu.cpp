@@ -216,17 +216,17 @@ void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order
       keep[start[m] + k] = k < n ? 1.f : 0.f;
     }
   }
-  // Bounding sphere of each block of simd::kBlockAtoms padded atoms (centroid, largest
+  // Bounding sphere of each group of simd::kSphereAtoms padded atoms (centroid, largest
   // distance, widened by a relative 1e-5 so that float rounding cannot put an atom outside).
-  constexpr int64_t kBlockAtoms = simd::kBlockAtoms;
-  std::vector<int64_t> first_block(M + 1, 0);
+  constexpr int64_t G = simd::kSphereAtoms;
+  std::vector<int64_t> first_sphere(M + 1, 0);
   for (int64_t m = 0; m < M; ++m)
-    first_block[m + 1] = first_block[m] + (start[m + 1] - start[m] + kBlockAtoms - 1) / kBlockAtoms;
-  std::vector<float> sphere(4 * first_block[M]);
+    first_sphere[m + 1] = first_sphere[m] + (start[m + 1] - start[m] + G - 1) / G;
+  std::vector<float> sphere(4 * first_sphere[M]);
   for (int64_t m = 0; m < M; ++m) {
-    float* sp = sphere.data() + 4 * first_block[m];
-    for (int64_t b0 = start[m]; b0 < start[m + 1]; b0 += kBlockAtoms, sp += 4) {
-      const int64_t b1 = std::min(b0 + kBlockAtoms, start[m + 1]);
+    float* sp = sphere.data() + 4 * first_sphere[m];
+    for (int64_t b0 = start[m]; b0 < start[m + 1]; b0 += G, sp += 4) {
+      const int64_t b1 = std::min(b0 + G, start[m + 1]);
       double c[3] = {0, 0, 0}, r2 = 0;
       for (int64_t k = b0; k < b1; ++k) { c[0] += x[k]; c[1] += y[k]; c[2] += z[k]; }
       for (double& cd : c) cd /= double(b1 - b0);
@@ -238,7 +238,7 @@ void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order
       sp[3] = float(r * (1 + 1e-5) + 1e-5 * (std::abs(c[0]) + std::abs(c[1]) + std::abs(c[2])));
     }
   }
-  const simd::PaddedAtoms atoms{x, y, z, keep, start.data(), sphere.data(), first_block.data()};
+  const simd::PaddedAtoms atoms{x, y, z, keep, start.data(), sphere.data(), first_sphere.data()};
   const int64_t P = a.place.n_place;
 #pragma omp parallel for schedule(dynamic, 8) if (n_samples(a.place, a.offsets) >= kParallelSamples)
   for (int64_t i = 0; i < P; ++i) simd::score_placement_c1(a, atoms, order[i]);
