@@ -13,15 +13,12 @@ tracks each. CUDA rows run only with a GPU and a CUDA build.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from bench_kernels import check, fast, fwd_bwd, workload
 from difffit import build_info, ops
-from difffit.reference import point_stats_reference, splat_reference
+from difffit.reference import point_stats_reference, score_reference, splat_reference
 
 DEVICES = ["cpu"] + (["cuda"] if build_info()["cuda_available"] else [])
 
@@ -51,7 +48,6 @@ def test_w1_fused(benchmark, w1):
 
 
 def test_w1_reference(benchmark, w1):
-    from difffit.reference import score_reference
     device, case = w1
     benchmark.extra_info["workload"] = "W1 pure-PyTorch reference (grid_sample + autograd)"
     _timed(benchmark, score_reference, case, device, rounds=3)
@@ -102,12 +98,9 @@ def test_splat(benchmark):
 
 def test_default_fit_daq(benchmark):
     """End to end: the default fit of the daq domain, moved away first (bench_fit.py's run)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_fit import CASES  # noqa: E402
-
-    from bench_fit import run  # noqa: E402
+    from bench_fit import CASES, DATA, run  # bench_fit puts tests/ on the path
     case = next(c for c in CASES if c[0] == "daq")
-    if not (Path(__file__).resolve().parents[2] / "shared" / "data" / case[1]).exists():
+    if not (DATA / case[1]).exists():
         pytest.skip("../shared/data is not beside the checkout")
     result = benchmark.pedantic(run, args=(case,), rounds=3, warmup_rounds=0)
     _, _, _, (deg, shift, _) = result

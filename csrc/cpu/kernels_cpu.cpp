@@ -163,8 +163,8 @@ uint32_t morton_key(const T c[3]) {
   return k;
 }
 
-// Indices 0 .. n-1 sorted by key(i) (stable for equal keys): one sort of 64-bit words
-// (key in the high half, index in the low half), much faster than sorting pairs.
+// Indices 0 .. n-1 (n < 2^32) sorted by key(i), equal keys in index order: one sort of
+// 64-bit words (key in the high half, index in the low half), faster than sorting pairs.
 template <typename Key>
 std::vector<int64_t> sorted_by(int64_t n, Key key) {
   std::vector<uint64_t> w(n);
@@ -190,12 +190,39 @@ std::vector<int64_t> spatial_order(const Placements<T>& pl, const VolumeView<T>&
 }
 
 #ifdef DIFFFIT_SIMD_SCORE
+// Bounding sphere of each group of simd::kSphereAtoms padded atoms of every molecule
+// (centroid, largest distance, widened by a relative 1e-5 so that float rounding cannot
+// put an atom outside). Fills sphere [groups, 4] and first_sphere [M + 1].
+void group_spheres(const float* x, const float* y, const float* z, const std::vector<int64_t>& start,
+                   std::vector<float>& sphere, std::vector<int64_t>& first_sphere) {
+  constexpr int64_t G = simd::kSphereAtoms;
+  const int64_t M = int64_t(start.size()) - 1;
+  first_sphere.assign(M + 1, 0);
+  for (int64_t m = 0; m < M; ++m)
+    first_sphere[m + 1] = first_sphere[m] + (start[m + 1] - start[m] + G - 1) / G;
+  sphere.assign(4 * first_sphere[M], 0.f);
+  float* sp = sphere.data();
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b0 = start[m]; b0 < start[m + 1]; b0 += G, sp += 4) {
+      const int64_t b1 = std::min(b0 + G, start[m + 1]);
+      double c[3] = {0, 0, 0}, r2 = 0;
+      for (int64_t k = b0; k < b1; ++k) { c[0] += x[k]; c[1] += y[k]; c[2] += z[k]; }
+      for (double& cd : c) cd /= double(b1 - b0);
+      for (int64_t k = b0; k < b1; ++k)
+        r2 = std::max(r2, (x[k] - c[0]) * (x[k] - c[0]) + (y[k] - c[1]) * (y[k] - c[1]) +
+                          (z[k] - c[2]) * (z[k] - c[2]));
+      const double r = std::sqrt(r2);
+      sp[0] = float(c[0]); sp[1] = float(c[1]); sp[2] = float(c[2]);
+      sp[3] = float(r * (1 + 1e-5) + 1e-5 * (std::abs(c[0]) + std::abs(c[1]) + std::abs(c[2])));
+    }
+  }
+}
+
 // One-channel float32 volumes take the vector-of-atoms kernel of score_avx2.h (8 or 16
 // lanes), which reads the atoms as padded structure-of-arrays, built once per call
-// (O(atoms)). Within
-// each molecule the atoms are put in Z-order (4 A cells): a rigid motion keeps neighbours
-// together, so consecutive atoms then read nearby voxels from cache. Only the order of
-// the sums changes.
+// (O(atoms)). Within each molecule the atoms are put in Z-order (4 A cells): a rigid
+// motion keeps neighbours together, so consecutive atoms then read nearby voxels from
+// cache. Only the order of the sums changes.
 void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order) {
   const int64_t M = a.n_mol;
   std::vector<int64_t> start(M + 1, 0);
@@ -216,28 +243,9 @@ void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order
       keep[start[m] + k] = k < n ? 1.f : 0.f;
     }
   }
-  // Bounding sphere of each group of simd::kSphereAtoms padded atoms (centroid, largest
-  // distance, widened by a relative 1e-5 so that float rounding cannot put an atom outside).
-  constexpr int64_t G = simd::kSphereAtoms;
-  std::vector<int64_t> first_sphere(M + 1, 0);
-  for (int64_t m = 0; m < M; ++m)
-    first_sphere[m + 1] = first_sphere[m] + (start[m + 1] - start[m] + G - 1) / G;
-  std::vector<float> sphere(4 * first_sphere[M]);
-  for (int64_t m = 0; m < M; ++m) {
-    float* sp = sphere.data() + 4 * first_sphere[m];
-    for (int64_t b0 = start[m]; b0 < start[m + 1]; b0 += G, sp += 4) {
-      const int64_t b1 = std::min(b0 + G, start[m + 1]);
-      double c[3] = {0, 0, 0}, r2 = 0;
-      for (int64_t k = b0; k < b1; ++k) { c[0] += x[k]; c[1] += y[k]; c[2] += z[k]; }
-      for (double& cd : c) cd /= double(b1 - b0);
-      for (int64_t k = b0; k < b1; ++k)
-        r2 = std::max(r2, (x[k] - c[0]) * (x[k] - c[0]) + (y[k] - c[1]) * (y[k] - c[1]) +
-                          (z[k] - c[2]) * (z[k] - c[2]));
-      const double r = std::sqrt(r2);
-      sp[0] = float(c[0]); sp[1] = float(c[1]); sp[2] = float(c[2]);
-      sp[3] = float(r * (1 + 1e-5) + 1e-5 * (std::abs(c[0]) + std::abs(c[1]) + std::abs(c[2])));
-    }
-  }
+  std::vector<float> sphere;
+  std::vector<int64_t> first_sphere;
+  group_spheres(x, y, z, start, sphere, first_sphere);
   const simd::PaddedAtoms atoms{x, y, z, keep, start.data(), sphere.data(), first_sphere.data()};
   const int64_t P = a.place.n_place;
 #pragma omp parallel for schedule(dynamic, 8) if (n_samples(a.place, a.offsets) >= kParallelSamples)

@@ -40,6 +40,7 @@ struct F8 {
   F8(float x) : v(_mm256_set1_ps(x)) {}
   F8(__m256 x) : v(x) {}
   static F8 load(const float* p) { return _mm256_loadu_ps(p); }
+  static I set1_i(int x) { return _mm256_set1_epi32(x); }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
 };
 inline F8 operator+(F8 a, F8 b) { return _mm256_add_ps(a.v, b.v); }
@@ -47,7 +48,6 @@ inline F8 operator-(F8 a, F8 b) { return _mm256_sub_ps(a.v, b.v); }
 inline F8 operator*(F8 a, F8 b) { return _mm256_mul_ps(a.v, b.v); }
 inline F8& operator+=(F8& a, F8 b) { return a = a + b; }
 inline F8 fmadd(F8 a, F8 b, F8 c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
-inline __m256i splat_i(F8, int x) { return _mm256_set1_epi32(x); }
 // z * SZ + y * SY + x for lane indices.
 inline __m256i cell_index(__m256i x, __m256i y, __m256i z, __m256i SY, __m256i SZ) {
   return _mm256_add_epi32(_mm256_add_epi32(_mm256_mullo_epi32(z, SZ), _mm256_mullo_epi32(y, SY)), x);
@@ -66,7 +66,6 @@ struct SumD8 {
     return (t[0] + t[1]) + (t[2] + t[3]);
   }
 };
-inline SumD8 sum_type(F8) { return {}; }
 
 // axis_lookup of math.h for fractional indices u along an axis of n voxels: the lower
 // corner index, the fraction t in [0, 1] and the derivative factor m (1 / voxel size
@@ -91,7 +90,6 @@ inline void axis_interior(F8 u, float inv_voxel, __m256i& i0, F8& t, F8& m) {
   m = F8(inv_voxel);
 }
 
-#ifndef __AVX512DQ__
 // The corners (x0, x1) at float offset `off` from each lane's base index, as two vectors.
 inline void load_x_pairs(const float* data, const int* base, int off, F8& c0, F8& c1) {
   const float* q = data + off;
@@ -105,27 +103,15 @@ inline void load_x_pairs(const float* data, const int* base, int off, F8& c0, F8
   c0 = _mm256_shuffle_ps(A, B, _MM_SHUFFLE(2, 0, 2, 0));
   c1 = _mm256_shuffle_ps(A, B, _MM_SHUFFLE(3, 1, 3, 1));
 }
-#endif
 
 // The 8 corners c[x + 2 y + 4 z] of the lanes' atoms whose cells start at float offsets
 // `base` (x axis of more than one voxel; oy, oz: offsets of the y + 1 and z + 1 rows).
+// Scalar 64-bit loads and shuffles: on AMD Zen 3 an AVX2 hardware gather is slower.
 inline void load_corners(const float* data, __m256i base, int oy, int oz, F8 c[8]) {
   const int off[4] = {0, oy, oz, oy + oz};
-#ifdef __AVX512DQ__
-  // One hardware gather of eight 64-bit (x0, x1) pairs per row, then one permute that
-  // splits the x0 and x1 floats into two vectors.
-  const __m512i split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-  for (int r = 0; r < 4; ++r) {
-    const __m512 g = _mm512_castpd_ps(_mm512_i32gather_pd(base, data + off[r], 4));
-    const __m512 p = _mm512_permutexvar_ps(split, g);
-    c[2 * r] = _mm512_castps512_ps256(p);
-    c[2 * r + 1] = _mm512_extractf32x8_ps(p, 1);
-  }
-#else
   alignas(32) int bs[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(bs), base);
   for (int r = 0; r < 4; ++r) load_x_pairs(data, bs, off[r], c[2 * r], c[2 * r + 1]);
-#endif
 }
 
 #ifdef __AVX512DQ__
@@ -140,6 +126,7 @@ struct F16 {
   F16(float x) : v(_mm512_set1_ps(x)) {}
   F16(__m512 x) : v(x) {}
   static F16 load(const float* p) { return _mm512_loadu_ps(p); }
+  static I set1_i(int x) { return _mm512_set1_epi32(x); }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
 };
 inline F16 operator+(F16 a, F16 b) { return _mm512_add_ps(a.v, b.v); }
@@ -147,7 +134,6 @@ inline F16 operator-(F16 a, F16 b) { return _mm512_sub_ps(a.v, b.v); }
 inline F16 operator*(F16 a, F16 b) { return _mm512_mul_ps(a.v, b.v); }
 inline F16& operator+=(F16& a, F16 b) { return a = a + b; }
 inline F16 fmadd(F16 a, F16 b, F16 c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
-inline __m512i splat_i(F16, int x) { return _mm512_set1_epi32(x); }
 inline __m512i cell_index(__m512i x, __m512i y, __m512i z, __m512i SY, __m512i SZ) {
   return _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(z, SZ), _mm512_mullo_epi32(y, SY)), x);
 }
@@ -164,7 +150,6 @@ struct SumD16 {
     return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
   }
 };
-inline SumD16 sum_type(F16) { return {}; }
 
 inline void axis(F16 u, int n, float inv_voxel, __m512i& i0, F16& t, F16& m) {
   const __m512 zero = _mm512_setzero_ps(), last = _mm512_set1_ps(float(n - 1));
@@ -183,7 +168,8 @@ inline void axis_interior(F16 u, float inv_voxel, __m512i& i0, F16& t, F16& m) {
   m = F16(inv_voxel);
 }
 
-// Two gathers of eight (x0, x1) pairs per row; two-source permutes collect the x0 and the
+// As load_corners for F8, with two hardware gathers of eight 64-bit (x0, x1) pairs per row
+// (they keep Intel's single shuffle port free); two-source permutes collect the x0 and the
 // x1 floats of all 16 lanes.
 inline void load_corners(const float* data, __m512i base, int oy, int oz, F16 c[8]) {
   const int off[4] = {0, oy, oz, oy + oz};
@@ -199,11 +185,14 @@ inline void load_corners(const float* data, __m512i base, int oy, int oz, F16 c[
 }
 #endif
 
-// The vector type of this build: 16 lanes with AVX-512, else 8.
+// The vector type of this build, and its float -> double accumulator: 16 lanes with
+// AVX-512, else 8.
 #ifdef __AVX512DQ__
 using Vec = F16;
+using SumD = SumD16;
 #else
 using Vec = F8;
+using SumD = SumD8;
 #endif
 constexpr int kLanes = Vec::W;
 
@@ -261,11 +250,11 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
   const V R3(R[3] * v.ivy), R4(R[4] * v.ivy), R5(R[5] * v.ivy);
   const V R6(R[6] * v.ivz), R7(R[7] * v.ivz), R8(R[8] * v.ivz);
   const V Tx((t[0] - v.ox) * v.ivx), Ty((t[1] - v.oy) * v.ivy), Tz((t[2] - v.oz) * v.ivz);
-  const typename V::I SY = splat_i(V(), sy), SZ = splat_i(V(), sz);
+  const typename V::I SY = V::set1_i(sy), SZ = V::set1_i(sz);
   const float* data = v.data;
   // A one-voxel x axis has no x1 corner: read x0 twice through a scalar fallback.
   const bool x_pairs = v.nx > 1;
-  decltype(sum_type(V())) acc[13];
+  SumD acc[13];
   const int64_t s0 = atoms.start[m], n_vec = (n + L - 1) / L;
   // Blocks of kBlockVec vectors in two passes: pass 1 samples (value and spatial gradient
   // per atom, kept in L1), pass 2 accumulates the 13 sums. Two passes need fewer registers

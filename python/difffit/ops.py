@@ -309,6 +309,11 @@ def _needs_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _impl_or_op(impl, op, *tensors: Tensor):
+    """The implementation where nothing needs the dispatcher or autograd, else the op."""
+    return impl if _direct(*tensors) and not _needs_grad(*tensors) else op
+
+
 class _ScoreFunction(torch.autograd.Function):
     """Eager autograd of the score, the same as the op's registered autograd (the forward
     keeps the analytic gradients, the backward scales them) without the dispatcher."""
@@ -361,8 +366,7 @@ def score_with_grad(volume: Tensor, weights: Tensor, origin: Sequence[float],
         volume, weights, points, offsets, quat, trans, mol_idx)
     if validate:
         validate_ragged(points, offsets, mol_idx)
-    tensors = (volume, weights, points, quat, trans)
-    op = _score_impl if _direct(*tensors) and not _needs_grad(*tensors) else _score_op
+    op = _impl_or_op(_score_impl, _score_op, volume, weights, points, quat, trans)
     s, gq, gt = op(volume, weights, _frame(origin, voxel_size), points, offsets, quat, trans, mol_idx)
     return _out(s, numpy), _out(gq, numpy), _out(gt, numpy)
 
@@ -410,8 +414,7 @@ def point_stats(volume: Tensor, origin: Sequence[float], voxel_size: Sequence[fl
         volume, points, point_weights, offsets, quat, trans, mol_idx)
     if validate:
         validate_ragged(points, offsets, mol_idx)
-    tensors = (volume, points, point_weights, quat, trans)
-    op = _stats_impl if _direct(*tensors) and not _needs_grad(*tensors) else _stats_op
+    op = _impl_or_op(_stats_impl, _stats_op, volume, points, point_weights, quat, trans)
     s = op(volume, _frame(origin, voxel_size), points, point_weights, offsets, quat, trans,
            mol_idx, int(channel), float(threshold))
     return _out(s, numpy)
@@ -432,7 +435,7 @@ def splat(points: Tensor, amplitudes: Tensor, sigma: float, cutoff: float,
         [nz, ny, nx] grid.
     """
     (points, amplitudes), numpy = _to_torch(points, amplitudes)
-    op = _splat_impl if _direct(points, amplitudes) and not _needs_grad(points, amplitudes) else _splat_op
+    op = _impl_or_op(_splat_impl, _splat_op, points, amplitudes)
     g = op(points, amplitudes, float(sigma), float(cutoff), [int(s) for s in shape],
            _frame(origin, voxel_size))
     return _out(g, numpy)

@@ -234,24 +234,20 @@ struct StatsAcc {
   }
 };
 
-// Adds one weighted point's sampled density d to the statistics sums.
-template <typename A>
-DF_HD void stats_add(A d, A wt, A threshold, StatsAcc<A>& acc) {
-  acc.v[0] += wt;
-  acc.v[1] += wt * wt;
-  acc.v[2] += d;
-  acc.v[3] += d * d;
-  acc.v[4] += wt * d;
-  acc.v[5] += d > threshold ? A(1) : A(0);
-}
-
 template <typename T, typename A>
 DF_HD void stats_point(const VolumeView<T>& v, int channel, T threshold, const T* R, const T* t,
                        const T* x, T weight, StatsAcc<A>& acc) {
   const T px = R[0] * x[0] + R[1] * x[1] + R[2] * x[2] + t[0];
   const T py = R[3] * x[0] + R[4] * x[1] + R[5] * x[2] + t[1];
   const T pz = R[6] * x[0] + R[7] * x[1] + R[8] * x[2] + t[2];
-  stats_add(A(sample_channel(v, channel, px, py, pz)), A(weight), A(threshold), acc);
+  const A d = A(sample_channel(v, channel, px, py, pz));
+  const A wt = A(weight);
+  acc.v[0] += wt;
+  acc.v[1] += wt * wt;
+  acc.v[2] += d;
+  acc.v[3] += d * d;
+  acc.v[4] += wt * d;
+  acc.v[5] += d > A(threshold) ? A(1) : A(0);
 }
 
 // Gaussian splatting: the index box [lo, hi] of voxels within `radius` of world point p
