@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_fit import CASES, DATA, pose_error, random_move  # noqa: E402
 
 from difffit import ops, reference  # noqa: E402
-from difffit.fit import fit  # noqa: E402
+from difffit import fit  # noqa: E402
 from difffit.io import read_map, read_structure  # noqa: E402
 
 

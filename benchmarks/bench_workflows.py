@@ -37,7 +37,7 @@ def _peak_mb() -> float:
 
 
 def run_composite(quick: bool) -> dict:
-    from difffit.composite import composite
+    from difffit import composite
     from test_composite import hb_inputs
 
     hb = hb_inputs(DATA)
@@ -67,7 +67,7 @@ def _renamed_copy(s, k: int, rng: np.random.Generator):
 
 
 def run_identify(n_candidates: int, quick: bool) -> dict:
-    from difffit.identify import identify
+    from difffit import identify
     from difffit.io import read_structure
 
     base = [read_structure(DATA / DEMO / f"{name}.pdb") for name in PACRG]

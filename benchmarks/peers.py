@@ -53,8 +53,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from test_fit import CASES, DATA, pose_error, random_move  # noqa: E402
 
-from difffit.fit import fit  # noqa: E402
-from difffit.io import _atomic_write_bytes, read_map, read_structure, write_map, write_structure  # noqa: E402
+from difffit import fit  # noqa: E402
+from difffit.files import atomic_write as _atomic_write_bytes
+from difffit.io import read_map, read_structure, write_map, write_structure  # noqa: E402
 from difffit.preprocess import default_threshold  # noqa: E402
 from difffit.report import bar_chart  # noqa: E402
 

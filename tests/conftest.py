@@ -1,19 +1,74 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures: where the real test data is.
 
-The real test data lives outside the repository, in ``../shared/data`` relative to the
-repository root; it is read in place and never copied into the repository.
+Every test that reads real maps and models finds them in ONE way: it takes the session
+fixture ``shared_data`` (the data folder) and asks for each file with
+``data_file(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc")``. Data folders, in order:
+
+1. ``$DIFFFIT_TEST_DATA`` when that variable is set (then the only place looked);
+2. ``tests/data`` in the repository, when it holds data sets (small copies; a file there
+   may be gzipped: ``<name>.gz`` is accepted for ``<name>``);
+3. ``../shared/data`` beside the repository (the full data, read in place, never copied).
+
+A test whose data is in none of them is skipped, with a reason that says where it looked;
+it never fails for missing data. Plain scripts (benchmarks/) may call ``data_dirs`` and
+``data_file`` too: tests/ on ``sys.path``, then ``from conftest import data_file``.
 """
+from __future__ import annotations
+
+import os
 from pathlib import Path
 
 import pytest
 
-# tests/ -> repo root -> its parent, which holds shared/data
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ENV_VAR = "DIFFFIT_TEST_DATA"
+REPO = Path(__file__).resolve().parents[1]
+IN_REPO = REPO / "tests" / "data"
+BESIDE_REPO = REPO.parent / "shared" / "data"
+
+
+def data_dirs() -> list[Path]:
+    """The folders searched for real data, in order: ``[$DIFFFIT_TEST_DATA]`` when the
+    variable is set, else ``[tests/data, ../shared/data]``. The last one is the full data
+    set (what the benchmarks read)."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return [Path(env).expanduser().resolve()]
+    return [IN_REPO, BESIDE_REPO]
+
+
+def _holds_data(folder: Path) -> bool:
+    """A data folder holds at least one data set (a sub-folder such as daq_emd2566_3j6b)."""
+    return folder.is_dir() and any(p.is_dir() for p in folder.iterdir())
+
+
+def _looked_in() -> str:
+    env = os.environ.get(ENV_VAR)
+    where = [f"${ENV_VAR}={env}" if env else f"${ENV_VAR} (not set)"]
+    if not env:
+        where += [str(d) for d in data_dirs()]
+    return ", ".join(where)
+
+
+def data_file(root: Path, name: str | os.PathLike) -> Path:
+    """Path of one data file or data-set folder ``name`` (relative, e.g.
+    ``"daq_emd2566_3j6b/3J6B_9.pdb"``): ``root/name``, else ``root/name.gz``, else the same
+    in the later data folders of ``data_dirs()`` (so a partial ``tests/data`` falls back to
+    ``../shared/data`` file by file). Skips the calling test when none holds it."""
+    name = os.fspath(name)
+    tried = []
+    for folder in dict.fromkeys([Path(root), *data_dirs()]):
+        for path in (folder / name, folder / f"{name}.gz"):
+            if path.exists():
+                return path
+            tried.append(str(path))
+    pytest.skip(f"test data {name!r} not found; looked for {', '.join(tried)}")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Path of the shared real-data folder; skips the test when it is not there."""
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"shared test data not found at {DATA_DIR}")
-    return DATA_DIR
+    """The real-data folder (the first of ``data_dirs()`` that holds data sets); skips the
+    test, naming where it looked, when there is none. Ask for files with ``data_file``."""
+    for folder in data_dirs():
+        if _holds_data(folder):
+            return folder
+    pytest.skip(f"real test data not found; looked in {_looked_in()}")

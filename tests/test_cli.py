@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +15,19 @@ import difffit
 from difffit.cli import main
 from difffit.io import read_structure
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DAQ_MAP = DATA / "daq_emd2566_3j6b" / "2566_3J6B_9.mrc"
-DAQ_MODEL = DATA / "daq_emd2566_3j6b" / "3J6B_9.pdb"
+from conftest import data_file
+
 REDUCED = ["--rotations", "20", "--positions", "5", "--iterations", "60"]
 
-needs_data = pytest.mark.skipif(not DAQ_MAP.is_file(), reason=f"shared data not found at {DATA}")
+
+@pytest.fixture
+def daq_map(shared_data):
+    return data_file(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc")
+
+
+@pytest.fixture
+def daq_model(shared_data):
+    return data_file(shared_data, "daq_emd2566_3j6b/3J6B_9.pdb")
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -40,15 +46,13 @@ def test_missing_map_file(capsys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@needs_data
-def test_missing_structure_file(capsys, tmp_path):
-    code, _, err = run(capsys, "fit", DAQ_MAP, tmp_path / "absent.pdb", "-r", "5", "-o", tmp_path / "o")
+def test_missing_structure_file(daq_map, capsys, tmp_path):
+    code, _, err = run(capsys, "fit", daq_map, tmp_path / "absent.pdb", "-r", "5", "-o", tmp_path / "o")
     assert code == 2 and "absent.pdb" in err and "Traceback" not in err
 
 
-@needs_data
-def test_unknown_chain(capsys, tmp_path):
-    code, _, err = run(capsys, "fit", DAQ_MAP, DAQ_MODEL, "-r", "5", "--chains", "Q",
+def test_unknown_chain(daq_map, daq_model, capsys, tmp_path):
+    code, _, err = run(capsys, "fit", daq_map, daq_model, "-r", "5", "--chains", "Q",
                        "-o", tmp_path / "o")
     assert code == 2 and "'Q'" in err
 
@@ -66,12 +70,11 @@ def test_argument_errors(capsys, tmp_path):
     assert code == 0 and "fit" in out
 
 
-@needs_data
-def test_refuses_non_empty_outdir_before_fitting(capsys, tmp_path):
+def test_refuses_non_empty_outdir_before_fitting(daq_map, daq_model, capsys, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, _, err = run(capsys, "fit", DAQ_MAP, DAQ_MODEL, "-r", "5", "-o", out, *REDUCED)
+    code, _, err = run(capsys, "fit", daq_map, daq_model, "-r", "5", "-o", out, *REDUCED)
     assert code == 2 and "--force" in err and str(out) in err
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
@@ -96,10 +99,9 @@ def test_python_dash_m(tmp_path):
     assert proc.returncode == 0 and "difffit" in proc.stdout
 
 
-@needs_data
-def test_fit_writes_outputs(capsys, tmp_path):
+def test_fit_writes_outputs(daq_map, daq_model, capsys, tmp_path):
     out = tmp_path / "fit"
-    code, stdout, err = run(capsys, "fit", DAQ_MAP, DAQ_MODEL, "--resolution", "5", "-o", out,
+    code, stdout, err = run(capsys, "fit", daq_map, daq_model, "--resolution", "5", "-o", out,
                             "--quiet", "--top", "2", *REDUCED)
     assert code == 0, err
     assert str(out) in stdout
@@ -114,23 +116,22 @@ def test_fit_writes_outputs(capsys, tmp_path):
     assert doc["resolution"] == 5.0
     assert "--rotations 20" in (out / "log.txt").read_text()
     # The model is deposited in frame: the best placement lands on it.
-    deposited = read_structure(DAQ_MODEL)
+    deposited = read_structure(daq_model)
     best = rows[0]
     centre = np.array([float(best[k]) for k in ("cx", "cy", "cz")])
     assert np.linalg.norm(centre - deposited.centroid) < 3.0
     # Running again without --force is refused; with it, it works.
-    code, _, err = run(capsys, "fit", DAQ_MAP, DAQ_MODEL, "-r", "5", "-o", out, "-q", *REDUCED)
+    code, _, err = run(capsys, "fit", daq_map, daq_model, "-r", "5", "-o", out, "-q", *REDUCED)
     assert code == 2 and "--force" in err
-    code, _, err = run(capsys, "fit", DAQ_MAP, DAQ_MODEL, "-r", "5", "-o", out, "-q", "--force",
+    code, _, err = run(capsys, "fit", daq_map, daq_model, "-r", "5", "-o", out, "-q", "--force",
                        "--no-refine", "--model-format", "pdb", "--top", "1", *REDUCED)
     assert code == 0, err
     assert (out / "models" / "3J6B_9_rank1.pdb").is_file()
 
 
-@needs_data
-def test_fit_default_outdir_and_summary(capsys, tmp_path, monkeypatch):
+def test_fit_default_outdir_and_summary(daq_map, daq_model, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, stdout, _ = run(capsys, "fit", DAQ_MAP, DAQ_MODEL, "-r", "5", "--split-chains",
+    code, stdout, _ = run(capsys, "fit", daq_map, daq_model, "-r", "5", "--split-chains",
                           "--selection", "ca", *REDUCED)
     assert code == 0
     out = tmp_path / "difffit_out" / "2566_3J6B_9"

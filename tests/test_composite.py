@@ -11,15 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import difffit.composite as comp
+import difffit.workflows.composite as comp
 from difffit import DifffitInputError
 from difffit.cli import main
-from difffit.composite import AcceptRules, composite, composite_report, explained_mask, zero_out
+from difffit import AcceptRules, composite
+from difffit.report import composite_report
+from difffit.simulate import explained_mask, zero_out
 from difffit.io import read_map, read_structure, split_chains, write_structure
 from difffit.simulate import molmap
 
 # The real-data helpers live in test_fit; its folder is on sys.path under any import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import data_file  # noqa: E402
 from test_fit import random_move  # noqa: E402
 
 HB = "hemoglobin_emd3488_5ni1"
@@ -53,8 +56,8 @@ def _ca_rmsd(a, b) -> float:
 def hb_inputs(data: Path) -> dict:
     """EMD-3488 and the alpha (A) and beta (B) chains of 5NI1, each moved by a random rigid
     transform and named "alpha" / "beta" (also used by benchmarks/bench_workflows.py)."""
-    dmap = read_map(data / HB / "emd_3488.mrc")
-    full = read_structure(data / HB / "5ni1_updated.cif")
+    dmap = read_map(data_file(data, f"{HB}/emd_3488.mrc"))
+    full = read_structure(data_file(data, f"{HB}/5ni1_updated.cif"))
     chains = {s.name.split("_")[-1]: s for s in split_chains(full)}
     moved = []
     for name, chain, seed in (("alpha", "A", 11), ("beta", "B", 12)):
@@ -79,13 +82,14 @@ def hb_run(hb, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daq(shared_data, tmp_path_factory):
-    model = read_structure(shared_data / DAQ / "3J6B_9.pdb")
+    model_path = data_file(shared_data, f"{DAQ}/3J6B_9.pdb")
+    model = read_structure(model_path)
     R, t = random_move(3)
     moved = model.transformed(R, t)
     path = tmp_path_factory.mktemp("daq") / "chain9_moved.cif"
     write_structure(path, moved)
-    return {"map_path": shared_data / DAQ / "2566_3J6B_9.mrc", "model": model,
-            "moved": moved, "moved_path": path}
+    return {"map_path": data_file(shared_data, f"{DAQ}/2566_3J6B_9.mrc"), "model": model,
+            "model_path": model_path, "moved": moved, "moved_path": path}
 
 
 # ----------------------------------------------------------------------------------------
@@ -93,6 +97,7 @@ def daq(shared_data, tmp_path_factory):
 # ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_haemoglobin_all_four_chains_placed_each_on_a_deposited_copy(hb, hb_run):
     res = hb_run
     names = sorted(p.structure_name for p in res.placements)
@@ -115,11 +120,12 @@ def test_haemoglobin_all_four_chains_placed_each_on_a_deposited_copy(hb, hb_run)
     assert res.rounds[-1].remaining < 0.2
 
 
+@pytest.mark.slow
 def test_haemoglobin_outputs_on_disk(hb_run, tmp_path):
     res, out = hb_run, hb_run.outdir
     state = json.loads((out / "state.json").read_text())
     assert state["finished"] and len(state["rounds"]) == len(res.rounds)
-    assert state["copies"] == [None, None] and state["resolution"] == 3.2
+    assert state["key"]["copies"] == [None, None] and state["key"]["resolution"] == 3.2
     for rec in res.rounds:
         folder = out / f"round_{rec.index:02d}"
         doc = json.loads((folder / "round.json").read_text())
@@ -224,6 +230,7 @@ def test_copy_number_given_stops_when_reached(daq):
     assert res.placements[0].chains == ["9_1_1"]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_after_its_last_complete_round(daq, tmp_path, monkeypatch):
     args = (daq["map_path"], [daq["moved"]], 5.0)
     full = composite(*args, outdir=tmp_path / "full", **REDUCED)
@@ -302,6 +309,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.slow
 def test_cli_composite(capsys, daq, tmp_path):
     out = tmp_path / "comp"
     argv = ["composite", daq["map_path"], daq["moved_path"], "-r", "5", "-o", out, *REDUCED_CLI]
@@ -323,7 +331,7 @@ def test_cli_composite(capsys, daq, tmp_path):
     assert code == 0 and "resuming" in err
     code, _, err = run(capsys, *argv, "-q", "--force", "--copies", "1")
     assert code == 0, err
-    assert json.loads((out / "state.json").read_text())["copies"] == [1]
+    assert json.loads((out / "state.json").read_text())["key"]["copies"] == [1]
     assert not (out / "round_02").exists()  # the previous run's rounds were cleared
     # Bad input: exit status 2 and a one-line message naming the problem.
     code, _, err = run(capsys, *argv, "--force", "--copies", "1,2")
@@ -336,7 +344,7 @@ def test_cli_composite(capsys, daq, tmp_path):
 
 
 def test_cli_simulate_and_zero(capsys, daq, tmp_path):
-    model_path = daq["map_path"].parent / "3J6B_9.pdb"
+    model_path = daq["model_path"]
     sim_path = tmp_path / "sim.mrc"
     code, _, err = run(capsys, "simulate", model_path, "-r", "5", "-o", sim_path,
                        "--like", daq["map_path"])

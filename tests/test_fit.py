@@ -4,18 +4,21 @@ fit it back with default settings, and check the top cluster lands on the deposi
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from difffit import DifffitInputError
-from difffit.fit import FitParams, fit
+from difffit import FitParams, fit
 from difffit.io import read_map, read_structure, split_chains
 from difffit.rotations import quat_to_matrix, random_rotations, rotation_angle_deg
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import data_dirs, data_file
+
+# For the scripts in benchmarks/ only (they import it): the full data folder. Tests take
+# the shared_data fixture and data_file() instead.
+DATA = data_dirs()[-1]
 
 
 def random_move(seed: int):
@@ -41,9 +44,9 @@ def pose_error(placement, R0, t0, deposited):
     return angle, shift, rmsd
 
 
-def refit(map_path, model_path, resolution, seed, voxel_size=None, chains=None, **kw):
-    dmap = read_map(DATA / map_path, voxel_size=voxel_size)
-    model = read_structure(DATA / model_path, chains=chains)
+def refit(data, map_path, model_path, resolution, seed, voxel_size=None, chains=None, **kw):
+    dmap = read_map(data_file(data, map_path), voxel_size=voxel_size)
+    model = read_structure(data_file(data, model_path), chains=chains)
     R0, t0 = random_move(seed)
     result = fit(dmap, [model.transformed(R0, t0)], resolution, **kw)
     return result, model, R0, t0
@@ -62,9 +65,11 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,map_path,model_path,res,voxel", CASES, ids=[c[0] for c in CASES])
-def test_refit_recovers_deposited_pose(name, map_path, model_path, res, voxel):
-    result, model, R0, t0 = refit(map_path, model_path, res, seed=zlib.crc32(name.encode()) % 1000, voxel_size=voxel)
+def test_refit_recovers_deposited_pose(shared_data, name, map_path, model_path, res, voxel):
+    result, model, R0, t0 = refit(shared_data, map_path, model_path, res,
+                                  seed=zlib.crc32(name.encode()) % 1000, voxel_size=voxel)
     top = result.best(0)
     angle, shift, rmsd = pose_error(top, R0, t0, model)
     assert angle < 6 and shift < 3, f"{name}: top cluster off by {angle:.1f} deg, {shift:.1f} A"
@@ -72,11 +77,12 @@ def test_refit_recovers_deposited_pose(name, map_path, model_path, res, voxel):
     assert top.hits >= 2 and top.refined
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chain", ["A", "B"])
-def test_hemoglobin_chain_lands_on_a_deposited_copy(chain):
+def test_hemoglobin_chain_lands_on_a_deposited_copy(shared_data, chain):
     """The map holds two alpha (A, C) and two beta (B, D) chains: either copy is right."""
-    dmap = read_map(DATA / "hemoglobin_emd3488_5ni1/emd_3488.mrc")
-    full = read_structure(DATA / "hemoglobin_emd3488_5ni1/5ni1_updated.cif")
+    dmap = read_map(data_file(shared_data, "hemoglobin_emd3488_5ni1/emd_3488.mrc"))
+    full = read_structure(data_file(shared_data, "hemoglobin_emd3488_5ni1/5ni1_updated.cif"))
     chains = {s.name.split("_")[-1]: s for s in split_chains(full)}
     twin = {"A": "C", "B": "D"}[chain]
     R0, t0 = random_move(7 if chain == "A" else 8)
@@ -98,10 +104,12 @@ def test_hemoglobin_chain_lands_on_a_deposited_copy(chain):
     assert best[1] < 3 and best[0] < 2.0, f"chain {chain}: backbone RMSD {best[0]:.2f} A, shift {best[1]:.2f} A"
 
 
-def test_pacrg_domains_outrank_the_decoy_on_the_difffit_demo_density():
-    demo = DATA / "difffit_domain_demo"
+@pytest.mark.slow
+def test_pacrg_domains_outrank_the_decoy_on_the_difffit_demo_density(shared_data):
+    demo = "difffit_domain_demo"
     names = ["I7MLV6_D3", "I7M317_D1", "I7LV70_D1"]
-    result = fit(demo / "density2.mrc", [demo / f"{n}.pdb" for n in names], 4.0, threshold=0.886)
+    result = fit(data_file(shared_data, f"{demo}/density2.mrc"),
+                 [data_file(shared_data, f"{demo}/{n}.pdb") for n in names], 4.0, threshold=0.886)
     best = {n: result.best(n) for n in names}
     expected = np.array([367.5, 231.6, 385.8])
     for n in names[:2]:
@@ -110,9 +118,9 @@ def test_pacrg_domains_outrank_the_decoy_on_the_difffit_demo_density():
         assert np.linalg.norm(centre - expected) < 3.0, f"{n} centroid {centre}"
 
 
-def test_same_seed_same_result_and_chunking_does_not_change_it():
-    dmap = read_map(DATA / "daq_emd2566_3j6b/2566_3J6B_9.mrc")
-    model = read_structure(DATA / "daq_emd2566_3j6b/3J6B_9.pdb")
+def test_same_seed_same_result_and_chunking_does_not_change_it(shared_data):
+    dmap = read_map(data_file(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc"))
+    model = read_structure(data_file(shared_data, "daq_emd2566_3j6b/3J6B_9.pdb"))
     kw = dict(n_rotations=12, n_positions=4, n_iters=40, refine=False)
     a = fit(dmap, [model], 5.0, **kw)
     b = fit(dmap, [model], 5.0, max_points_per_batch=5 * model.n_fit_atoms, **kw)
@@ -121,11 +129,11 @@ def test_same_seed_same_result_and_chunking_does_not_change_it():
     assert a.trajectory["quat"].shape == (5, 48, 4)  # records at 0, 10, 20, 30, 40
 
 
-def test_result_does_not_depend_on_the_thread_count():
+def test_result_does_not_depend_on_the_thread_count(shared_data):
     """Each placement is computed by one thread, whatever the thread count, so results
     are bitwise reproducible on 1 or 2 threads (benchmarks script fits and compare)."""
-    dmap = read_map(DATA / "daq_emd2566_3j6b/2566_3J6B_9.mrc")
-    model = read_structure(DATA / "daq_emd2566_3j6b/3J6B_9.pdb")
+    dmap = read_map(data_file(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc"))
+    model = read_structure(data_file(shared_data, "daq_emd2566_3j6b/3J6B_9.pdb"))
     kw = dict(n_rotations=24, n_positions=8, n_iters=40, refine_top=4)
     threads = torch.get_num_threads()
     try:
@@ -144,19 +152,20 @@ def test_result_does_not_depend_on_the_thread_count():
         np.testing.assert_array_equal(p.translation, q.translation)
 
 
-def test_bad_parameters_are_clear_errors():
+def test_bad_parameters_are_clear_errors(shared_data):
     with pytest.raises(DifffitInputError, match="rank_by"):
         FitParams(rank_by="nonsense")
     with pytest.raises(DifffitInputError, match="resolution"):
-        fit(DATA / "daq_emd2566_3j6b/2566_3J6B_9.mrc", [DATA / "daq_emd2566_3j6b/3J6B_9.pdb"], 0)
+        fit(data_file(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc"),
+            [data_file(shared_data, "daq_emd2566_3j6b/3J6B_9.pdb")], 0)
 
 
-def test_refine_top_limits_refinement_and_refined_clusters_are_distinct():
+def test_refine_top_limits_refinement_and_refined_clusters_are_distinct(shared_data):
     """Only the best refine_top clusters are refined; refined poses that coincide are one
     placement (hits added), so no two refined placements lie within the tolerances."""
-    result, model, R0, t0 = refit("daq_emd2566_3j6b/2566_3J6B_9.mrc", "daq_emd2566_3j6b/3J6B_9.pdb",
-                                  5.0, seed=5, n_rotations=40, n_positions=6, n_iters=120,
-                                  refine_top=4)
+    result, model, R0, t0 = refit(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc",
+                                  "daq_emd2566_3j6b/3J6B_9.pdb", 5.0, seed=5, n_rotations=40,
+                                  n_positions=6, n_iters=120, refine_top=4)
     refined = [p for p in result.placements if p.refined]
     assert 1 <= len(refined) <= 4
     assert result.placements[0].refined  # the best placement is among the refined
@@ -174,7 +183,7 @@ def test_refine_top_limits_refinement_and_refined_clusters_are_distinct():
 
 def test_adam_matches_torch_optim_adam():
     """The search's in-place Adam takes the steps torch.optim.Adam takes."""
-    from difffit.fit import _Adam
+    from difffit.search import Adam as _Adam
 
     g = torch.Generator().manual_seed(0)
     p1 = torch.randn(100, 4, generator=g)

@@ -12,9 +12,12 @@ import pytest
 
 from difffit import DifffitInputError
 from difffit.cli import main
-from difffit.identify import identify, identify_report, library_files
+from difffit import identify
+from difffit.library import library_files
+from difffit.report import identify_report
 from difffit.io import read_structure
 
+from conftest import data_file
 from test_fit import random_move
 
 DEMO = "difffit_domain_demo"
@@ -41,7 +44,7 @@ SMALL = (f"{DEMO}/I7MLV6_D3.pdb", f"{DEMO}/I7M317_D1.pdb", f"{DEMO}/I7LV70_D1.pd
 
 
 def _map(data):
-    return data / DEMO / "density2.mrc"
+    return data_file(data, f"{DEMO}/density2.mrc")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def small_library(shared_data, tmp_path_factory):
     """A text file listing the five SMALL structures (in place: nothing is copied)."""
     path = tmp_path_factory.mktemp("lib") / "library.txt"
     path.write_text("# PACRG domains first, then decoys\n"
-                    + "".join(f"{shared_data / f}\n" for f in SMALL))
+                    + "".join(f"{data_file(shared_data, f)}\n" for f in SMALL))
     return path
 
 
@@ -66,13 +69,14 @@ def _same_ranking(a, b):
     assert [c.hits for c in a.candidates] == [c.hits for c in b.candidates]
 
 
+@pytest.mark.slow
 def test_pacrg_domains_outrank_the_decoy_and_every_in_frame_structure(shared_data):
     """The issue's acceptance test: both PACRG domains first, in the right place, with a
     clear margin, among the demo decoy and every in-frame model of the shared data, all
     moved away by random rigid transforms first."""
     lib = []
     for k, f in enumerate([f"{DEMO}/{n}.pdb" for n in PACRG] + list(DECOYS)):
-        s = read_structure(shared_data / f)
+        s = read_structure(data_file(shared_data, f))
         lib.append(s.transformed(*random_move(zlib.crc32(f.encode()) % 1000 + k)))
     res = identify(_map(shared_data), lib, RES, CONTOUR, batch_atoms=6000,
                    n_rotations=30, n_positions=10, n_iters=120)
@@ -97,6 +101,7 @@ def test_pacrg_domains_outrank_the_decoy_and_every_in_frame_structure(shared_dat
     assert big.metrics["overlap"] > small.metrics["overlap"] and big.score < small.score
 
 
+@pytest.mark.slow
 def test_bounded_batches_give_the_same_ranking_as_one_batch(shared_data, small_library, reference):
     res = identify(_map(shared_data), small_library, RES, CONTOUR, batch_atoms=1700, **QUICK)
     assert len(reference.batches) == 1
@@ -106,6 +111,7 @@ def test_bounded_batches_give_the_same_ranking_as_one_batch(shared_data, small_l
     assert set(reference.ranking()[:2]) == set(PACRG)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_where_it_stopped(shared_data, small_library, reference, tmp_path):
     out = tmp_path / "run"
     calls = []
@@ -146,7 +152,7 @@ def test_interrupted_run_resumes_where_it_stopped(shared_data, small_library, re
 def test_bad_library_file_is_a_clear_error_or_skipped(shared_data, tmp_path):
     bad = tmp_path / "broken.pdb"
     bad.write_text("this is not a structure\n")
-    good = shared_data / "phage_emd4054_5lij/5lij.pdb"
+    good = data_file(shared_data, "phage_emd4054_5lij/5lij.pdb")
     with pytest.raises(DifffitInputError, match="broken.pdb.*skip"):
         identify(_map(shared_data), [good, bad], RES, CONTOUR, n_rotations=2, n_positions=1,
                  n_iters=2)
@@ -168,6 +174,7 @@ def test_bad_library_file_is_a_clear_error_or_skipped(shared_data, tmp_path):
     assert "cannot read" in res.skipped[0][1] or "no atoms" in res.skipped[0][1]
 
 
+@pytest.mark.slow
 def test_dask_two_workers_give_the_same_ranking(shared_data, small_library, reference):
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")
     # Worker threads in this process: no process start-up on a 2-core machine; the batch
@@ -183,6 +190,7 @@ def test_dask_two_workers_give_the_same_ranking(shared_data, small_library, refe
     _same_ranking(res, reference)
 
 
+@pytest.mark.slow
 def test_cli_dask_local_worker_processes_give_the_same_ranking(shared_data, small_library,
                                                                reference, tmp_path):
     """--dask-local: two worker processes (tasks and structures pickled, files read by the
@@ -200,6 +208,7 @@ def test_cli_dask_local_worker_processes_give_the_same_ranking(shared_data, smal
     assert all(b["worker"].startswith("tcp://") for b in doc["batches"])
 
 
+@pytest.mark.slow
 def test_cli_identify_writes_ranking_models_report_and_resumes(shared_data, small_library,
                                                                reference, tmp_path, capsys):
     out = tmp_path / "cli"
@@ -234,6 +243,7 @@ def test_cli_identify_writes_ranking_models_report_and_resumes(shared_data, smal
     assert "no_such_folder" in err and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_identify_report_refuses_to_overwrite(reference, tmp_path):
     path = identify_report(reference, tmp_path / "r.html")
     with pytest.raises(FileExistsError):

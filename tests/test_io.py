@@ -1,4 +1,4 @@
-"""Tests for difffit.io on the real maps and models in ../shared/data.
+"""Tests for difffit.io on the real maps and models of the test data (see conftest.py).
 
 The map-model agreement checks are what prove the frame handling (ORIGIN, NSTART,
 voxel-size override): an in-frame model sits on high density only if the map's origin
@@ -30,6 +30,7 @@ from difffit.io import (
     write_structure,
 )
 
+from conftest import data_file
 
 SPIKE = "spike_ntd_emd21457_6vyb"
 DAQ_MAP = "daq_emd2566_3j6b/2566_3J6B_9.mrc"
@@ -83,19 +84,20 @@ WRONG_PAIRS = [
 
 @pytest.mark.parametrize("map_rel,model_rel,voxel,min_sigma", RIGHT_PAIRS)
 def test_model_sits_on_density(shared_data, map_rel, model_rel, voxel, min_sigma):
-    dmap = read_map(shared_data / map_rel, voxel_size=voxel)
-    st = read_structure(shared_data / model_rel, selection="all")
+    dmap = read_map(data_file(shared_data, map_rel), voxel_size=voxel)
+    model = data_file(shared_data, model_rel)
+    st = read_structure(model, selection="all")
     sigma, frac = sigma_at_atoms(dmap, st.coords)
     assert sigma > min_sigma, (map_rel, model_rel, sigma)
     assert frac > 0.4, (map_rel, model_rel, frac)
     # The backbone selection sits on density too.
-    assert sigma_at_atoms(dmap, read_structure(shared_data / model_rel).fit_coords)[0] > min_sigma
+    assert sigma_at_atoms(dmap, read_structure(model).fit_coords)[0] > min_sigma
 
 
 @pytest.mark.parametrize("map_rel,model_rel,voxel", WRONG_PAIRS)
 def test_wrong_pairing_gives_no_density(shared_data, map_rel, model_rel, voxel):
-    dmap = read_map(shared_data / map_rel, voxel_size=voxel)
-    st = read_structure(shared_data / model_rel, selection="all")
+    dmap = read_map(data_file(shared_data, map_rel), voxel_size=voxel)
+    st = read_structure(data_file(shared_data, model_rel), selection="all")
     sigma, frac = sigma_at_atoms(dmap, st.coords)
     # Wrong pairings may read negative (clamped border voxels), but never high density.
     assert sigma < 0.5, (map_rel, model_rel, sigma)
@@ -103,20 +105,20 @@ def test_wrong_pairing_gives_no_density(shared_data, map_rel, model_rel, voxel):
 
 
 def test_phage_voxel_override(shared_data):
-    path = shared_data / "phage_emd4054_5lij/emd_4054.mrc"
+    path = data_file(shared_data, "phage_emd4054_5lij/emd_4054.mrc")
     header = read_map(path)
     fixed = read_map(path, voxel_size=1.38)
     np.testing.assert_allclose(header.voxel_size, 1.0)
     np.testing.assert_allclose(fixed.voxel_size, 1.38)
     np.testing.assert_array_equal(header.data, fixed.data)
-    st = read_structure(shared_data / "phage_emd4054_5lij/5lij.pdb", selection="all")
+    st = read_structure(data_file(shared_data, "phage_emd4054_5lij/5lij.pdb"), selection="all")
     assert sigma_at_atoms(fixed, st.coords)[0] > 8.0
     assert sigma_at_atoms(header, st.coords)[0] < 1.0
 
 
 def test_hemoglobin_per_chain(shared_data):
-    dmap = read_map(shared_data / HB_MAP)
-    parts = split_chains(read_structure(shared_data / HB_CIF, selection="all"))
+    dmap = read_map(data_file(shared_data, HB_MAP))
+    parts = split_chains(read_structure(data_file(shared_data, HB_CIF), selection="all"))
     for part in parts:
         assert sigma_at_atoms(dmap, part.coords)[0] > 4.0, part.name
 
@@ -124,7 +126,7 @@ def test_hemoglobin_per_chain(shared_data):
 def test_domain_demo_density_position(shared_data):
     # No placed model here; the density above the usual contour must lie around the
     # expected PACRG centroid (367.5, 231.6, 385.8), which needs the ORIGIN field.
-    dmap = read_map(shared_data / "difffit_domain_demo/density2.mrc")
+    dmap = read_map(data_file(shared_data, "difffit_domain_demo/density2.mrc"))
     np.testing.assert_allclose(dmap.origin, (342.52, 206.88, 350.74), atol=0.01)
     ijk = np.argwhere(dmap.data > 0.886)[:, ::-1]  # [M, 3] x, y, z
     centre = dmap.index_to_world(ijk).mean(axis=0)
@@ -137,9 +139,9 @@ def test_domain_demo_density_position(shared_data):
 
 
 def test_spike_three_header_conventions(shared_data):
-    seg = read_map(shared_data / SPIKE / "emd_21457_seg.mrc")
-    nstart = read_map(shared_data / SPIKE / "emd_21457_seg_nstart.mrc")
-    orig0 = read_map(shared_data / SPIKE / "emd_21457_seg_orig0.mrc")
+    seg = read_map(data_file(shared_data, f"{SPIKE}/emd_21457_seg.mrc"))
+    nstart = read_map(data_file(shared_data, f"{SPIKE}/emd_21457_seg_nstart.mrc"))
+    orig0 = read_map(data_file(shared_data, f"{SPIKE}/emd_21457_seg_orig0.mrc"))
     for m in (seg, nstart, orig0):
         assert m.data.shape == (47, 40, 48)
         assert m.shape_xyz == (48, 40, 47)
@@ -153,15 +155,15 @@ def test_spike_three_header_conventions(shared_data):
 
 
 def test_factin_nstart_origin(shared_data):
-    m = read_map(shared_data / "tempy_factin_emd5168/emd_5168.map")
+    m = read_map(data_file(shared_data, "tempy_factin_emd5168/emd_5168.map"))
     np.testing.assert_allclose(m.origin, -50 * 1.742, atol=1e-4)
-    m = read_map(shared_data / "tempy_factin_emd5168/emd_5170.map")
+    m = read_map(data_file(shared_data, "tempy_factin_emd5168/emd_5170.map"))
     np.testing.assert_allclose(m.origin, -49 * 2.38, atol=1e-4)
     # The override recomputes an NSTART origin with the new voxel size ...
-    m = read_map(shared_data / "tempy_factin_emd5168/emd_5168.map", voxel_size=2.0)
+    m = read_map(data_file(shared_data, "tempy_factin_emd5168/emd_5168.map"), voxel_size=2.0)
     np.testing.assert_allclose(m.origin, -100.0, atol=1e-6)
     # ... but keeps an explicit ORIGIN field.
-    m = read_map(shared_data / DAQ_MAP, voxel_size=(1.0, 1.1, 1.2))
+    m = read_map(data_file(shared_data, DAQ_MAP), voxel_size=(1.0, 1.1, 1.2))
     np.testing.assert_allclose(m.origin, (356.44, 155.44, 159.46), atol=1e-3)
     np.testing.assert_allclose(m.voxel_size, (1.0, 1.1, 1.2))
 
@@ -190,7 +192,7 @@ def _write_permuted(path: Path, data_zyx, voxel_xyz, nstart_xyz, mapcrs) -> None
 
 @pytest.mark.parametrize("mapcrs", list(itertools.permutations((1, 2, 3))))
 def test_axis_order_mapc_mapr_maps(shared_data, tmp_path, mapcrs):
-    ref = read_map(shared_data / DAQ_MAP)  # 35 x 52 x 47: every axis length differs
+    ref = read_map(data_file(shared_data, DAQ_MAP))  # 35 x 52 x 47: every axis length differs
     voxel = (1.0, 1.5, 2.0)  # anisotropic, to catch a voxel size read on the wrong axis
     nstart = (5, -7, 11)
     path = tmp_path / f"perm_{''.join(map(str, mapcrs))}.mrc"
@@ -203,7 +205,7 @@ def test_axis_order_mapc_mapr_maps(shared_data, tmp_path, mapcrs):
 
 
 def test_index_world_roundtrip(shared_data):
-    m = read_map(shared_data / DAQ_MAP)
+    m = read_map(data_file(shared_data, DAQ_MAP))
     ijk = np.array([[0, 0, 0], [34, 51, 46], [1.5, 2.25, 3.0]])
     xyz = m.index_to_world(ijk)
     np.testing.assert_allclose(xyz[0], m.origin)
@@ -227,8 +229,18 @@ def _gzip_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _plain(src: Path, folder: Path) -> Path:
+    """``src`` itself, or an uncompressed copy in ``folder`` when the test data is gzipped."""
+    if src.suffix != ".gz":
+        return src
+    dst = folder / src.stem
+    with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+    return dst
+
+
 def test_gzipped_map(shared_data, tmp_path):
-    src = shared_data / SPIKE / "emd_21457_seg.mrc"
+    src = _plain(data_file(shared_data, f"{SPIKE}/emd_21457_seg.mrc"), tmp_path)
     gz = _gzip_copy(src, tmp_path / "seg.mrc.gz")
     a, b = read_map(src), read_map(gz)
     np.testing.assert_array_equal(a.data, b.data)
@@ -238,7 +250,7 @@ def test_gzipped_map(shared_data, tmp_path):
 
 @pytest.mark.parametrize("rel", [DAQ_PDB, HB_CIF])
 def test_gzipped_structure(shared_data, tmp_path, rel):
-    src = shared_data / rel
+    src = _plain(data_file(shared_data, rel), tmp_path)
     gz = _gzip_copy(src, tmp_path / (src.name + ".gz"))
     a, b = read_structure(src), read_structure(gz)
     assert b.name == src.stem
@@ -286,7 +298,8 @@ def test_error_nan_and_inf(tmp_path):
 
 
 def test_error_truncated_map(shared_data, tmp_path):
-    raw = (shared_data / DAQ_MAP).read_bytes()
+    plain = _plain(data_file(shared_data, DAQ_MAP), tmp_path)
+    raw = plain.read_bytes()
     cut = tmp_path / "half.mrc"
     cut.write_bytes(raw[: len(raw) // 2])
     _expect_input_error(read_map, cut)
@@ -294,7 +307,7 @@ def test_error_truncated_map(shared_data, tmp_path):
     head_only.write_bytes(raw[:500])
     _expect_input_error(read_map, head_only)
     # A truncated gzip stream as well.
-    gz = _gzip_copy(shared_data / DAQ_MAP, tmp_path / "full.mrc.gz")
+    gz = _gzip_copy(plain, tmp_path / "full.mrc.gz")
     cut_gz = tmp_path / "half.mrc.gz"
     cut_gz.write_bytes(gz.read_bytes()[: gz.stat().st_size // 2])
     _expect_input_error(read_map, cut_gz)
@@ -310,7 +323,7 @@ def test_error_empty_and_text_map(tmp_path):
 
 
 def test_error_structure_given_as_map(shared_data):
-    _expect_input_error(read_map, shared_data / DAQ_PDB)
+    _expect_input_error(read_map, data_file(shared_data, DAQ_PDB))
 
 
 def test_error_non_orthogonal_cell(tmp_path):
@@ -347,10 +360,11 @@ def test_integer_modes_become_float32(tmp_path):
 
 
 def test_error_structure_inputs(shared_data, tmp_path):
-    msg = _expect_input_error(read_structure, shared_data / HB_CIF, chains=["Z"])
+    hb_cif = data_file(shared_data, HB_CIF)
+    msg = _expect_input_error(read_structure, hb_cif, chains=["Z"])
     assert "Z" in msg and "'A'" in msg  # lists the available chains
-    _expect_input_error(read_structure, shared_data / HB_CIF, selection="sidechain")
-    _expect_input_error(read_structure, shared_data / HB_CIF, model_index=3, match="model")
+    _expect_input_error(read_structure, hb_cif, selection="sidechain")
+    _expect_input_error(read_structure, hb_cif, model_index=3, match="model")
     waters = tmp_path / "waters.pdb"
     waters.write_text(
         "HETATM    1  O   HOH W   1      10.000  10.000  10.000  1.00 20.00           O\n"
@@ -370,7 +384,7 @@ def test_error_structure_inputs(shared_data, tmp_path):
     empty = tmp_path / "empty.pdb"
     empty.write_text("")
     _expect_input_error(read_structure, empty)
-    _expect_input_error(read_structure, shared_data / DAQ_MAP)  # a map given as model
+    _expect_input_error(read_structure, data_file(shared_data, DAQ_MAP))  # a map given as model
 
 
 # ----------------------------------------------------------------------------------------
@@ -380,7 +394,7 @@ def test_error_structure_inputs(shared_data, tmp_path):
 
 @pytest.mark.parametrize("name", ["out.mrc", "out.map", "out.mrc.gz"])
 def test_write_map_roundtrip(shared_data, tmp_path, name):
-    src = read_map(shared_data / f"{SPIKE}/emd_21457_seg_nstart.mrc")  # NSTART origin
+    src = read_map(data_file(shared_data, f"{SPIKE}/emd_21457_seg_nstart.mrc"))  # NSTART origin
     out = tmp_path / name
     write_map(out, src)
     back = read_map(out)
@@ -406,7 +420,7 @@ def test_write_map_anisotropic(tmp_path):
 
 
 def test_write_map_refuses_overwrite(shared_data, tmp_path):
-    m = read_map(shared_data / DAQ_MAP)
+    m = read_map(data_file(shared_data, DAQ_MAP))
     out = tmp_path / "m.mrc"
     write_map(out, m)
     before = out.read_bytes()
@@ -425,7 +439,7 @@ def _random_rt(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("name", ["moved.cif", "moved.pdb", "moved.cif.gz", "moved.pdb.gz"])
 def test_write_structure_roundtrip(shared_data, tmp_path, name):
-    st = read_structure(shared_data / HB_CIF, selection="all", keep_ligands=True)
+    st = read_structure(data_file(shared_data, HB_CIF), selection="all", keep_ligands=True)
     R, t = _random_rt(7)
     out = tmp_path / name
     write_structure(out, st, rotation=R, translation=t)
@@ -445,7 +459,7 @@ def test_write_structure_roundtrip(shared_data, tmp_path, name):
 
 
 def test_write_structure_identity_and_overwrite(shared_data, tmp_path):
-    st = read_structure(shared_data / DAQ_PDB)
+    st = read_structure(data_file(shared_data, DAQ_PDB))
     out = tmp_path / "same.pdb"
     write_structure(out, st)
     np.testing.assert_allclose(read_structure(out).coords, st.coords, atol=1e-3)
@@ -458,14 +472,14 @@ def test_write_structure_identity_and_overwrite(shared_data, tmp_path):
 
 
 def test_write_pdb_long_chain_names(shared_data, tmp_path):
-    st = read_structure(shared_data / "hemoglobin_emd3488_5ni1/modelangelo_5ni1.cif")
+    st = read_structure(data_file(shared_data, "hemoglobin_emd3488_5ni1/modelangelo_5ni1.cif"))
     st.gemmi_structure[0][0].name = "LONGNAME"  # cannot be written as PDB
     _expect_input_error(write_structure, tmp_path / "long.pdb", st, match="pdb")
     write_structure(tmp_path / "long.cif", st)  # fine as mmCIF
 
 
 def test_transformed(shared_data):
-    st = read_structure(shared_data / DAQ_PDB)
+    st = read_structure(data_file(shared_data, DAQ_PDB))
     R, t = _random_rt(11)
     moved = st.transformed(R, t)
     np.testing.assert_allclose(moved.coords, st.coords @ R.T + t)
@@ -483,26 +497,27 @@ def test_transformed(shared_data):
 
 
 def test_selection_counts_3j6b(shared_data):
-    bb = read_structure(shared_data / DAQ_PDB)
+    pdb = data_file(shared_data, DAQ_PDB)
+    bb = read_structure(pdb)
     n_res = sum(len(ch) for ch in bb.gemmi_structure[0])
     assert n_res == 195
     assert bb.n_fit_atoms == 4 * n_res  # complete backbone
-    ca = read_structure(shared_data / DAQ_PDB, selection="ca")
+    ca = read_structure(pdb, selection="ca")
     assert ca.n_fit_atoms == n_res
-    heavy = read_structure(shared_data / DAQ_PDB, selection="heavy")
+    heavy = read_structure(pdb, selection="heavy")
     assert heavy.n_fit_atoms == heavy.n_atoms == 1428  # hydrogens removed by default
-    with_h = read_structure(shared_data / DAQ_PDB, selection="heavy", keep_hydrogens=True)
+    with_h = read_structure(pdb, selection="heavy", keep_hydrogens=True)
     assert with_h.n_atoms == 1428 + 1437
     assert with_h.n_fit_atoms == 1428
-    assert read_structure(shared_data / DAQ_PDB, "all", keep_hydrogens=True).n_fit_atoms == 2865
+    assert read_structure(pdb, "all", keep_hydrogens=True).n_fit_atoms == 2865
     # Selections differ only in the mask, never in the kept atoms.
     for sel in SELECTIONS:
-        np.testing.assert_array_equal(read_structure(shared_data / DAQ_PDB, sel).coords, bb.coords)
+        np.testing.assert_array_equal(read_structure(pdb, sel).coords, bb.coords)
     np.testing.assert_allclose(bb.centroid, bb.coords[bb.fit_mask].mean(axis=0))
 
 
 def test_hemoglobin_chains(shared_data):
-    st = read_structure(shared_data / HB_CIF)
+    st = read_structure(data_file(shared_data, HB_CIF))
     assert st.chains == ["A", "B", "C", "D"]
     parts = split_chains(st)
     assert [p.name for p in parts] == [f"5ni1_updated_{c}" for c in "ABCD"]
@@ -514,45 +529,43 @@ def test_hemoglobin_chains(shared_data):
     # No HEM or HOH by default; both come back on request.
     names = {r.name for ch in st.gemmi_structure[0] for r in ch}
     assert "HEM" not in names and "HOH" not in names
-    full = read_structure(shared_data / HB_CIF, keep_waters=True, keep_ligands=True)
+    full = read_structure(data_file(shared_data, HB_CIF), keep_waters=True, keep_ligands=True)
     names = {r.name for ch in full.gemmi_structure[0] for r in ch}
     assert {"HEM", "HOH"} <= names
     assert full.n_fit_atoms == st.n_fit_atoms  # neither is in the backbone
-    sub = read_structure(shared_data / HB_CIF, chains=["B", "D"])
+    sub = read_structure(data_file(shared_data, HB_CIF), chains=["B", "D"])
     assert sub.chains == ["B", "D"]
 
 
 def test_apoferritin_waters_and_ions(shared_data):
-    st = read_structure(shared_data / APO_PDB, selection="all")
+    st = read_structure(data_file(shared_data, APO_PDB), selection="all")
     names = {r.name for ch in st.gemmi_structure[0] for r in ch}
     assert "HOH" not in names and "MG" not in names
     assert 12 not in st.atomic_numbers  # magnesium
-    full = read_structure(shared_data / APO_PDB, selection="all", keep_waters=True,
+    full = read_structure(data_file(shared_data, APO_PDB), selection="all", keep_waters=True,
                           keep_ligands=True)
     names = {r.name for ch in full.gemmi_structure[0] for r in ch}
     assert {"HOH", "MG"} <= names
     assert full.n_atoms == st.n_atoms + 229 + 12  # 229 waters, 12 Mg
-    bb = read_structure(shared_data / APO_PDB, keep_waters=True, keep_ligands=True)
-    assert bb.n_fit_atoms == read_structure(shared_data / APO_PDB).n_fit_atoms
+    bb = read_structure(data_file(shared_data, APO_PDB), keep_waters=True, keep_ligands=True)
+    assert bb.n_fit_atoms == read_structure(data_file(shared_data, APO_PDB)).n_fit_atoms
 
 
 def test_stray_ter_keeps_polymer(shared_data):
     # 1J6Z.pdb has a TER after residue 72 although the chain goes on to 372; gemmi's
     # entity setup then calls the rest "non-polymer". Residue-level typing keeps it all.
-    st = read_structure(shared_data / "tempy_factin_emd5168/1J6Z.pdb", selection="ca")
+    st = read_structure(data_file(shared_data, "tempy_factin_emd5168/1J6Z.pdb"), selection="ca")
     assert st.n_fit_atoms == 368
 
 
 def test_spike_glycans_are_ligands(shared_data):
-    st = read_structure(shared_data / f"{SPIKE}/6vyb_Ndom.pdb", selection="all")
+    pdb = data_file(shared_data, f"{SPIKE}/6vyb_Ndom.pdb")
+    st = read_structure(pdb, selection="all")
     assert "NAG" not in {r.name for ch in st.gemmi_structure[0] for r in ch}
-    kept = read_structure(shared_data / f"{SPIKE}/6vyb_Ndom.pdb", selection="all",
-                          keep_ligands=True)
+    kept = read_structure(pdb, selection="all", keep_ligands=True)
     assert kept.n_atoms == st.n_atoms + 42  # 3 NAG x 14 atoms
     # In "heavy" they count, in "backbone" they do not.
-    assert read_structure(shared_data / f"{SPIKE}/6vyb_Ndom.pdb", keep_ligands=True
-                          ).n_fit_atoms == read_structure(shared_data / f"{SPIKE}/6vyb_Ndom.pdb"
-                                                          ).n_fit_atoms
+    assert read_structure(pdb, keep_ligands=True).n_fit_atoms == read_structure(pdb).n_fit_atoms
 
 
 SYNTHETIC_PDB = """\

@@ -19,9 +19,11 @@ import torch
 
 import difffit
 from difffit.demo import ideal_protein
-from difffit.fit import FitParams, FitResult, Placement
+from difffit.params import FitParams
+from difffit.results import FitResult, Placement
 from difffit.io import DensityMap, read_map, write_map
-from difffit.output import _atomic_write, summary_table, write_fit_outputs
+from difffit.files import atomic_write as _atomic_write
+from difffit.output import write_fit_outputs
 from difffit.rotations import quat_to_matrix, random_rotations
 
 METRIC_KEYS = ("correlation", "cam", "overlap", "atom_correlation", "atom_cam", "atom_overlap",
@@ -39,8 +41,8 @@ def _placement(i: int, name: str, rank: int, seed: int, score: float) -> Placeme
     metrics = {k: float(score - 0.01 * j) for j, k in enumerate(METRIC_KEYS)}
     metrics["cam"] = score
     return Placement(structure_index=i, structure_name=name, rank=rank, rotation=R,
-                     translation=t, hits=20 - rank, score=score, metrics=metrics,
-                     iteration=10 * rank, start=seed, refined=True)
+                     translation=t, centre=np.full(3, np.nan), hits=20 - rank, score=score,
+                     metrics=metrics, iteration=10 * rank, start=seed, refined=True)
 
 
 def _result(map_path: str | None, n_structures: int = 2, per_structure: int = 4) -> FitResult:
@@ -54,6 +56,8 @@ def _result(map_path: str | None, n_structures: int = 2, per_structure: int = 4)
     for i, s in enumerate(structs):
         for r in range(1, per_structure + 1):
             placements.append(_placement(i, s.name, r, seed=10 * i + r, score=0.9 - 0.1 * r - 0.01 * i))
+    for p in placements:
+        p.centre = p.rotation @ structs[p.structure_index].centroid + p.translation
     placements.sort(key=lambda p: -p.score)
     data = np.random.default_rng(0).random((20, 22, 24)).astype(np.float32)
     dmap = DensityMap(data=data, origin=np.array([1.0, 2.0, 3.0]), voxel_size=np.full(3, 1.5),
@@ -242,7 +246,7 @@ def test_top_and_empty_result(tmp_path):
     assert list(paths["models"].iterdir()) == []
     with open(paths["csv"]) as fh:
         assert list(csv.DictReader(fh)) == []
-    assert "no placement for: prot0, prot1" in summary_table(r)
+    assert "no placement for: prot0, prot1" in r.summary_table()
 
 
 def test_same_structure_names_do_not_collide(tmp_path):
@@ -254,7 +258,7 @@ def test_same_structure_names_do_not_collide(tmp_path):
 
 
 def test_summary_table(result):
-    text = summary_table(result, top=2)
+    text = result.summary_table(top=2)
     lines = text.splitlines()
     assert lines[0].split()[:6] == ["structure", "rank", "hits", "corr", "cam", "inside"]
     body = lines[2:]

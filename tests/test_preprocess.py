@@ -19,12 +19,11 @@ from difffit.preprocess import (
     remove_dust,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DEMO = DATA / "difffit_domain_demo" / "density2.mrc"
-HEMO = DATA / "hemoglobin_emd3488_5ni1" / "emd_3488.mrc"
-DEMO_CONTOUR = 0.886  # the usual contour of the demo map (shared/data/README.md)
+from conftest import data_file
 
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared/data not available")
+DEMO = "difffit_domain_demo/density2.mrc"
+HEMO = "hemoglobin_emd3488_5ni1/emd_3488.mrc"
+DEMO_CONTOUR = 0.886  # the usual contour of the demo map (shared/data/README.md)
 
 
 def _read_map(path: Path):
@@ -93,9 +92,8 @@ def test_remove_dust_synthetic():
     assert mask.sum() == 100 + 1 + 2 + 2 + 27
 
 
-@needs_data
-def test_remove_dust_on_demo_map():
-    data, _, _ = _read_map(DEMO)
+def test_remove_dust_on_demo_map(shared_data):
+    data, _, _ = _read_map(data_file(shared_data, DEMO))
     above = data > DEMO_CONTOUR
     labels, n = ndimage.label(above, structure=ndimage.generate_binary_structure(3, 1))
     sizes = np.bincount(labels.ravel())[1:]
@@ -208,9 +206,8 @@ def test_pyramid_errors():
         build_pyramid(data, [0, 0, 0], 1.0, threshold=0.5, n_levels=0)
 
 
-@needs_data
-def test_pyramid_demo_map():
-    data, origin, vox = _read_map(DEMO)
+def test_pyramid_demo_map(shared_data):
+    data, origin, vox = _read_map(data_file(shared_data, DEMO))
     pyr = build_pyramid(data, origin, vox, DEMO_CONTOUR, n_levels=5)
     assert pyr.levels.shape == data.shape + (5,)
     lvl0 = pyr.levels[..., 0].numpy()
@@ -224,9 +221,8 @@ def test_pyramid_demo_map():
 # ---------------------------------------------------------------- default level
 
 
-@needs_data
-def test_default_threshold_on_demo_map():
-    data, _, _ = _read_map(DEMO)
+def test_default_threshold_on_demo_map(shared_data):
+    data, _, _ = _read_map(data_file(shared_data, DEMO))
     t = default_threshold(data)
     assert t == pytest.approx(float(data.mean(dtype=np.float64) + data.std(dtype=np.float64)))
     # Close to the usual contour (0.886): 0.73, enclosing a similar volume.
@@ -235,7 +231,6 @@ def test_default_threshold_on_demo_map():
     assert 1.0 <= ratio < 1.3
 
 
-@needs_data
 @pytest.mark.parametrize(
     "map_rel, model_rel, min_inside",
     [
@@ -245,11 +240,12 @@ def test_default_threshold_on_demo_map():
         ("daq_emd2566_3j6b/2566_3J6B_9.mrc", "daq_emd2566_3j6b/3J6B_9.pdb", 0.85),
     ],
 )
-def test_default_threshold_keeps_deposited_model_inside(map_rel, model_rel, min_inside):
-    data, origin, vox = _read_map(DATA / map_rel)
+def test_default_threshold_keeps_deposited_model_inside(shared_data, map_rel, model_rel,
+                                                        min_inside):
+    data, origin, vox = _read_map(data_file(shared_data, map_rel))
     pyr = build_pyramid(data, origin, vox)  # default threshold, dust removal on
     assert pyr.threshold == pytest.approx(default_threshold(data))
-    atoms = _atoms(DATA / model_rel)
+    atoms = _atoms(data_file(shared_data, model_rel))
     idx = _world_to_index(atoms, pyr)
     inside_box = np.all((idx >= 0) & (idx < np.array(pyr.mask.shape)), axis=1)
     inside = pyr.mask[tuple(idx[inside_box].T)].sum() / len(atoms)
@@ -266,9 +262,8 @@ def test_default_threshold_rejects_bad_input():
 # ---------------------------------------------------------------- start positions
 
 
-@needs_data
-def test_envelope_positions_inside_mask_and_seeded():
-    data, origin, vox = _read_map(HEMO)
+def test_envelope_positions_inside_mask_and_seeded(shared_data):
+    data, origin, vox = _read_map(data_file(shared_data, HEMO))
     pyr = build_pyramid(data, origin, vox, pad=2)
     pos = envelope_positions(pyr, 500, seed=7)
     assert pos.shape == (500, 3) and pos.dtype == torch.float64

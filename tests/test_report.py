@@ -24,6 +24,7 @@ from difffit.report import bar_chart, fit_report, histogram, line_plot, page, ta
 
 # The real-data cases live in test_fit; its folder is on sys.path under any import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import data_file  # noqa: E402
 from test_fit import CASES, random_move  # noqa: E402
 
 NAN = float("nan")
@@ -172,13 +173,13 @@ REDUCED = dict(n_rotations=20, n_positions=5, n_iters=60, refine_iters=20)
 
 @pytest.fixture(scope="module")
 def daq_fit(shared_data):
-    from difffit.fit import fit
+    from difffit import fit
     from difffit.io import read_map, read_structure
 
     _, map_path, model_path, res, voxel = next(c for c in CASES if c[0] == "daq")
-    dmap = read_map(shared_data / map_path, voxel_size=voxel)
+    dmap = read_map(data_file(shared_data, map_path), voxel_size=voxel)
     R0, t0 = random_move(7)
-    model = read_structure(shared_data / model_path).transformed(R0, t0)
+    model = read_structure(data_file(shared_data, model_path)).transformed(R0, t0)
     return fit(dmap, [model], res, **REDUCED)
 
 
@@ -224,7 +225,7 @@ def _top_table(doc: str) -> list[list[str]]:
 
 def _check_fit_report_html(doc: str, result) -> None:
     """The report of a one-structure fit lists its placements and holds its two plots."""
-    from difffit.report import _fmt
+    from difffit.report.blocks import _fmt
 
     placements = result.for_structure(0)
     assert placements
@@ -357,6 +358,7 @@ def test_png_decoder():
     assert np.array_equal(_png_pixels(png), img.astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_browser(daq_fit, browser, tmp_path):
     path = fit_report(daq_fit, tmp_path / "report.html")
     url = path.resolve().as_uri()
@@ -389,8 +391,8 @@ def test_report_renders_in_headless_browser(daq_fit, browser, tmp_path):
 
 def test_cli_report_flag(shared_data, tmp_path, capsys):
     _, map_path, model_path, res, _ = next(c for c in CASES if c[0] == "daq")
-    args = ["fit", str(shared_data / map_path), str(shared_data / model_path), "-r", str(res),
-            "--rotations", "10", "--positions", "3", "--iterations", "30", "-q"]
+    args = ["fit", str(data_file(shared_data, map_path)), str(data_file(shared_data, model_path)),
+            "-r", str(res), "--rotations", "10", "--positions", "3", "--iterations", "30", "-q"]
     out = tmp_path / "out"
     assert main([*args, "-o", str(out), "--report"]) == 0
     report = out / "report.html"

@@ -1,6 +1,15 @@
 """difffit: differentiable rigid-body fitting of atomic structures into cryo-EM maps.
 
-Submodules are imported lazily so that ``import difffit`` never fails for lack of the
+The public face::
+
+    import difffit
+    result = difffit.fit("map.mrc", ["a.pdb"], resolution=4.0)
+
+Workflows: :func:`fit`, :func:`composite`, :func:`identify`; their settings
+:class:`FitParams`, :class:`AcceptRules`, :class:`IdentifyParams`; inputs
+:func:`read_map`, :func:`read_structure`; the kernels as PyTorch ops: :mod:`ops`.
+
+Names are imported lazily, so ``import difffit`` is quick and never fails for lack of the
 compiled extension, CUDA or a GPU.
 """
 from __future__ import annotations
@@ -11,13 +20,38 @@ __version__ = "0.1.0"
 
 from .errors import DifffitInputError  # noqa: E402
 
+# name -> (module, attribute or None for the module itself)
 _LAZY = {
+    "fit": (".workflows.fit", "fit"),
+    "composite": (".workflows.composite", "composite"),
+    "identify": (".workflows.identify", "identify"),
+    "FitParams": (".params", "FitParams"),
+    "AcceptRules": (".params", "AcceptRules"),
+    "IdentifyParams": (".params", "IdentifyParams"),
+    "METRICS": (".params", "METRICS"),
+    "read_map": (".maps", "read_map"),
+    "write_map": (".maps", "write_map"),
+    "DensityMap": (".maps", "DensityMap"),
+    "read_structure": (".structures", "read_structure"),
+    "write_structure": (".structures", "write_structure"),
+    "Structure": (".structures", "Structure"),
+    "FitResult": (".results", "FitResult"),
+    "CompositeResult": (".results", "CompositeResult"),
+    "IdentifyResult": (".results", "IdentifyResult"),
+    "ops": (".ops", None),
     "build_info": ("._ext", "build_info"),
 }
+
+__all__ = ["__version__", "DifffitInputError", *_LAZY]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         mod, attr = _LAZY[name]
-        return getattr(importlib.import_module(mod, __name__), attr)
+        module = importlib.import_module(mod, __name__)
+        return module if attr is None else getattr(module, attr)
     raise AttributeError(f"module 'difffit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

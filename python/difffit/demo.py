@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .errors import DifffitInputError
-from .io import DensityMap, Structure, _structure_from_gemmi
+from .maps import DensityMap
+from .structures import Structure, _structure_from_gemmi
 from .rotations import quat_to_matrix, rotation_angle_deg
 from .simulate import splat_atoms
 
@@ -405,13 +406,13 @@ def run_demo(outdir=None, seed: int = 0, device: str = "cpu", quick: bool = Fals
         "total_time" (seconds, protein and map building included), "poses" (the true ones),
         "timings", "result" (the FitResult) and "outputs" (paths, when written).
     """
-    from .fit import fit  # imported here so that the demo's builders work without it
+    from .workflows.fit import fit  # imported here so that the demo's builders work without it
 
     say = print if verbose else (lambda *a, **k: None)
     if outdir is not None:
-        from .output import _check_outdir
+        from .runs import check_outdir
 
-        _check_outdir(Path(outdir), force)  # refuse before fitting, not after
+        check_outdir(Path(outdir), force)  # refuse before fitting, not after
     t_all = time.perf_counter()
     structure = ideal_protein(seed=seed)
     n_copies, resolution, noise = 2, 5.0, 0.1

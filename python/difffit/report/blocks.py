@@ -6,9 +6,8 @@ HTML document with inline CSS and no external resources or JavaScript, so the fi
 mailed, archived or opened offline and looks the same years later. :func:`write_report`
 writes it atomically and refuses to replace an existing file unless asked.
 
-:func:`fit_report` is the report of ``difffit fit``: per structure, the ranked placements,
-the score distribution of all starts with the best clusters marked, and the convergence of
-the best clusters' representative starts. The workflows build theirs from the same blocks.
+The reports of the workflows (:mod:`difffit.report.fit`, ``.composite``, ``.identify``)
+are built from these blocks.
 
 The SVG is written by hand (no plotting dependency): every plot is a frame with ticks and
 labels (:class:`_Axes`) plus a few lines, rectangles or text elements. Non-finite values
@@ -21,18 +20,14 @@ import math
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import DifffitInputError
-from .io import _atomic_write_bytes, _refuse_existing
+from ..errors import DifffitInputError
+from ..files import atomic_write, refuse_existing
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .fit import FitResult
-
-__all__ = ["table", "histogram", "line_plot", "bar_chart", "page", "write_report",
-           "fit_report", "fit_sections", "fit_meta"]
+__all__ = ["table", "histogram", "line_plot", "bar_chart", "page", "write_report"]
 
 # Colour-blind-safe palette (Okabe-Ito), cycled over series.
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442",
@@ -486,7 +481,7 @@ def page(title: str, sections: list[tuple[str, str]], meta: dict | None = None) 
     Returns:
         The document: inline CSS, no external resources, no JavaScript.
     """
-    from . import __version__
+    from .. import __version__
 
     used: set[str] = set()
     ids = [_slug(h, used) for h, _ in sections]
@@ -518,148 +513,10 @@ def write_report(path, html: str, overwrite: bool = False) -> Path:
         DifffitInputError: the folder of ``path`` does not exist.
     """
     p = Path(path)
-    _refuse_existing(p, overwrite)
+    refuse_existing(p, overwrite)
     if not p.parent.is_dir():
         raise DifffitInputError(f"{p}: output folder {p.parent} does not exist")
-    _atomic_write_bytes(p, html)
+    atomic_write(p, html)
     return p
 
 
-# ----------------------------------------------------------------------------------------
-# The report of a fit
-# ----------------------------------------------------------------------------------------
-
-# Columns of the placements table: (metric key, heading).
-_FIT_METRICS = (("correlation", "corr"), ("cam", "cam"), ("overlap", "overlap"),
-                ("atom_correlation", "atom corr"), ("inside_fraction", "inside"))
-_N_MARKED = 5  # clusters marked on the histogram and followed in the convergence plot
-
-
-def _starts(result: "FitResult", i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(iterations [K], recorded scores [K, S_i], best recorded score [S_i]) of structure i's
-    starts, or None when the result holds no trajectory."""
-    tr = result.trajectory or {}
-    if not all(k in tr for k in ("score", "iteration", "mol_idx")):
-        return None
-    score = np.asarray(tr["score"], dtype=np.float64)
-    sel = np.nonzero(np.asarray(tr["mol_idx"]).ravel() == i)[0]
-    if score.ndim != 2 or sel.size == 0 or score.shape[1] <= sel.max():
-        return None
-    s = score[:, sel]
-    best = np.where(np.isfinite(s), s, -np.inf).max(0)
-    best[~np.isfinite(best)] = np.nan  # a start that never recorded a finite score
-    return np.asarray(tr["iteration"], dtype=np.float64).ravel(), s, best
-
-
-def _placement_rows(result: "FitResult", placements) -> list[dict]:
-    from .output import _centre
-
-    rows = []
-    for p in placements:
-        c = _centre(result, p)
-        row = {"structure": p.structure_name, "rank": p.rank, "hits": p.hits,
-               f"score ({result.params.rank_by})": p.score}
-        row.update({h: p.metrics.get(k, float("nan")) for k, h in _FIT_METRICS
-                    if k != result.params.rank_by})  # already the score column
-        row.update({"centre x (Å)": float(c[0]), "y": float(c[1]), "z": float(c[2]),
-                    "start": p.start, "iteration": p.iteration})
-        rows.append(row)
-    return rows
-
-
-def _hits(n: int) -> str:
-    return f"{n} hit{'s' if n != 1 else ''}"
-
-
-def fit_sections(result: "FitResult", top: int = 10) -> list[tuple[str, str]]:
-    """The sections of a fit report: a summary (more than one structure), then per
-    structure its ranked placements, the score distribution of all its starts and the
-    convergence of its best clusters.
-
-    Workflows that embed fits in their own reports (:func:`page`) can reuse these.
-    """
-    top = max(int(top), 0)
-    per = [result.for_structure(i) for i in range(len(result.structures))]
-    sections = []
-    if len(result.structures) > 1:
-        best = sorted((ps[0] for ps in per if ps), key=lambda p: -p.score)
-        body = [table(_placement_rows(result, best), caption="Best placement of each structure")]
-        missing = [s.name for s, ps in zip(result.structures, per) if not ps]
-        if missing:
-            body.append(f'<p class="note">No placement for: {_esc(", ".join(missing))}.</p>')
-        body.append(bar_chart([p.structure_name for p in best], [p.score for p in best],
-                              title="Best placement of each structure",
-                              xlabel=f"score ({result.params.rank_by})"))
-        sections.append(("Summary", "\n".join(body)))
-    for i, (s, ps) in enumerate(zip(result.structures, per)):
-        body = [f'<p class="note">{len(ps)} cluster{"s" if len(ps) != 1 else ""} '
-                f'(placements) ranked by {_esc(result.params.rank_by)}; {s.n_fit_atoms} '
-                f'fitted atoms of {s.n_atoms}.</p>',
-                table([{k: v for k, v in r.items() if k != "structure"}
-                       for r in _placement_rows(result, ps[:top])],
-                      caption=f"Top {min(top, len(ps))} placements")]
-        starts = _starts(result, i)
-        if starts is None:
-            body.append('<p class="note">No trajectory recorded: no per-start plots.</p>')
-        else:
-            its, rec, best_per_start = starts
-            shown = [p for p in ps[:_N_MARKED] if 0 <= p.start < rec.shape[1]]
-            # The recorded score is the optimised (pyramid) score, not the ranking metric:
-            # the marks show where each best cluster's representative start ended on it.
-            marks = {f"#{p.rank}": float(best_per_start[p.start]) for p in shown}
-            body.append(histogram(best_per_start, bins=50,
-                                  title=f"{s.name}: best recorded score of each of "
-                                        f"{rec.shape[1]} starts",
-                                  xlabel="pyramid score (the optimised objective); "
-                                         "#k: the representative of cluster k", marks=marks))
-            series = {f"#{p.rank} ({_hits(p.hits)}), start {p.start}": (its, rec[:, p.start])
-                      for p in shown}
-            with np.errstate(all="ignore"):
-                med = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in rec])
-            series["median of all starts"] = (its, med)
-            body.append(line_plot(series, title=f"{s.name}: convergence of the best clusters",
-                                  xlabel="iteration", ylabel="pyramid score",
-                                  context={"median of all starts"}))
-        sections.append((f"Structure {i + 1}: {s.name}", "\n".join(body)))
-    return sections
-
-
-def fit_meta(result: "FitResult", command: str | None = None) -> dict:
-    """Version, command, map, resolution, threshold, parameters and timings of a fit."""
-    from . import __version__
-
-    m = result.map
-    meta: dict[str, Any] = {"difffit": __version__}
-    if command:
-        meta["command"] = command
-    meta["map"] = (f"{m.path or '(in memory)'}; grid {'x'.join(map(str, m.shape_xyz))}, "
-                   f"voxel {', '.join(_fmt(float(v)) for v in m.voxel_size)} Å")
-    names = [f"{s.name} ({s.n_atoms} atoms)" for s in result.structures]
-    meta["structures"] = ", ".join(names[:10]) + (f" and {len(names) - 10} more"
-                                                  if len(names) > 10 else "")
-    meta["resolution (Å)"] = float(result.resolution)
-    meta["threshold"] = float(result.threshold)
-    meta["parameters"] = result.params
-    meta["timings (s)"] = {k: float(v) for k, v in result.timings.items()}
-    return meta
-
-
-def fit_report(result: "FitResult", path, overwrite: bool = False, top: int = 10, *,
-               command: str | None = None) -> Path:
-    """Write the HTML report of a fit (``difffit fit --report``).
-
-    Args:
-        result: the FitResult of :func:`difffit.fit.fit`.
-        path: the ``.html`` file to write.
-        overwrite: replace an existing file.
-        top: placements listed per structure.
-        command: the command line, shown in the report's header table.
-
-    Returns:
-        The path written.
-    """
-    names = ", ".join(s.name for s in result.structures[:4])
-    if len(result.structures) > 4:
-        names += f" and {len(result.structures) - 4} more"
-    html = page(f"difffit fit: {names}", fit_sections(result, top), fit_meta(result, command))
-    return write_report(path, html, overwrite=overwrite)

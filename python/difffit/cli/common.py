@@ -1,0 +1,159 @@
+"""What the subcommands share: argument types, the map / search / structure options,
+device checks, output-path checks and the recorded command line."""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import DifffitInputError
+from ..params import FitParams
+from ..structures import SELECTIONS
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
+def voxel_size(text: str) -> list[float]:
+    parts = [p for p in text.replace(",", " ").split() if p]
+    if len(parts) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"one number or three (x,y,z), got {text!r}")
+    return [positive_float(p) for p in parts]
+
+
+def chains(text: str) -> list[str]:
+    chains = [c.strip() for c in text.split(",") if c.strip()]
+    if not chains:
+        raise argparse.ArgumentTypeError(f"no chain names in {text!r}")
+    return chains
+
+
+def add_map_arguments(p: argparse.ArgumentParser) -> None:
+    """The target map's options every fitting subcommand shares: MAP (positional),
+    -r/--resolution, -t/--threshold, --voxel-size."""
+    p.add_argument("map", metavar="MAP", help="density map (MRC/CCP4, optionally .gz)")
+    p.add_argument("-r", "--resolution", type=positive_float, required=True,
+                   help="map resolution in Angstrom")
+    p.add_argument("-t", "--threshold", type=float, default=None,
+                   help="contour level in map units (default: map mean + 1 standard deviation)")
+    p.add_argument("--voxel-size", type=voxel_size, default=None, metavar="V",
+                   help="override the map header's voxel size: V or Vx,Vy,Vz Angstrom")
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    """The search options every fitting subcommand shares: --seed, --rotations,
+    --positions, --iterations, --no-refine, --refine-top (see :func:`search_overrides`)."""
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--rotations", type=positive_int, default=None, metavar="N",
+                   help="rotations per start position (default: 100)")
+    p.add_argument("--positions", type=positive_int, default=None, metavar="N",
+                   help="start positions per structure (default: 10)")
+    p.add_argument("--iterations", type=positive_int, default=None, metavar="N",
+                   help="gradient steps (default: 200)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="skip the local refinement of the cluster representatives")
+    p.add_argument("--refine-top", type=positive_int, default=None, metavar="N",
+                   help="clusters refined per structure, best first (default: 32)")
+
+
+def search_overrides(args: argparse.Namespace) -> dict:
+    """FitParams fields from the options of :func:`add_search_arguments` (those given)."""
+    out = {"seed": args.seed, "refine": not args.no_refine}
+    for key, value in (("n_rotations", args.rotations), ("n_positions", args.positions),
+                       ("n_iters", args.iterations), ("refine_top", args.refine_top)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+
+
+def add_structure_options(p: argparse.ArgumentParser, selection: bool = True) -> None:
+    """Which atoms of the structures are kept (--chains, --keep-waters, --keep-ligands)
+    and, with ``selection``, which are fitted (--selection)."""
+    if selection:
+        p.add_argument("--selection", choices=SELECTIONS, default="backbone",
+                       help="atoms used for fitting (default: backbone)")
+    p.add_argument("--chains", type=chains, default=None, metavar="A,B",
+                   help="keep only these chains of every structure")
+    p.add_argument("--keep-waters", action="store_true", help="keep water molecules")
+    p.add_argument("--keep-ligands", action="store_true", help="keep ligands and ions")
+
+
+def read_structures(args: argparse.Namespace, paths: Sequence[str]):
+    """The structures at ``paths`` read with the options of :func:`add_structure_options`."""
+    from ..structures import read_structure
+
+    return [read_structure(p, selection=getattr(args, "selection", "backbone"),
+                           chains=args.chains, keep_waters=args.keep_waters,
+                           keep_ligands=args.keep_ligands) for p in paths]
+
+
+def add_device_argument(p: argparse.ArgumentParser, default: str = "cpu") -> None:
+    p.add_argument("--device", default=default,
+                   help="cpu, cuda, or auto (a GPU when there is one) "
+                        f"(default: {default})")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device name that is not one, or CUDA where torch sees no GPU."""
+    if device.split(":")[0] not in ("cpu", "cuda", "auto"):
+        raise DifffitInputError(f"--device must be cpu, cuda or auto, got {device!r}")
+    try:
+        FitParams(device=device).torch_device()
+    except DifffitInputError:
+        raise DifffitInputError("--device cuda: torch sees no CUDA GPU; use --device cpu") from None
+
+
+def map_stem(path: Path) -> str:
+    name = path.name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    return Path(name).stem or "map"
+
+
+def default_outdir(args: argparse.Namespace, workflow: str) -> Path:
+    """``-o`` when given, else ``difffit_<workflow>/<map name>``."""
+    if args.outdir:
+        return Path(args.outdir)
+    base = "difffit_out" if workflow == "fit" else f"difffit_{workflow}"
+    return Path(base) / map_stem(Path(args.map))
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return "difffit " + " ".join(shlex.quote(a) for a in argv)
+
+
+def check_output_file(path: Path, force: bool) -> None:
+    """Refuse before any work: an existing output without --force, or a missing folder."""
+    if path.exists() and not force:
+        raise FileExistsError(f"{path}: file already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise DifffitInputError(f"{path}: output folder {path.parent} does not exist")
+
+
+def add_output_map_arguments(p: argparse.ArgumentParser) -> None:
+    """-r, -o OUT.mrc and --force of the commands that write one map (simulate, zero)."""
+    p.add_argument("-r", "--resolution", type=positive_float, required=True,
+                   help="resolution in Angstrom")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.mrc", help="map to write")
+    p.add_argument("--force", action="store_true", help="overwrite OUT.mrc")
+
+

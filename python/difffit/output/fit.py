@@ -1,0 +1,222 @@
+"""Writing the results of a fit: tables, fitted models, a ChimeraX script, trajectories, a log.
+
+Layout of an output folder (all written by :func:`write_fit_outputs`)::
+
+    results.csv           one row per placement (all clusters of all structures), best first
+    results.json          the same rows plus the parameters, inputs, timings and version
+    models/<s>_rank<k>.cif  the top placements of each structure, all atoms, original names
+    difffit_fits.cxc      ChimeraX script: opens the map and the models
+    trajectories.npz      recorded poses and scores of every start
+    report.html           only with report=True: tables and plots (difffit.report)
+    log.txt               command line, parameters, inputs, timings, build information
+    map.mrc               only when the fitted map has no file of its own (e.g. simulated)
+
+Every file is written to a temporary name in its folder and renamed into place, so an
+interrupted run never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import io
+import json
+import platform
+import sys
+import time
+import warnings
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DifffitInputError
+from ..files import atomic_write, jsonable, safe_name
+from ..results import FitResult
+from ..runs import check_outdir
+from ..structures import write_structure
+from ..tables import csv_text
+from .common import COLOURS, abs_path, build_info, cxc_quote, map_file, version
+from .common import check_model_format
+
+__all__ = ["write_fit_outputs", "model_filenames"]
+
+
+def model_filenames(result: FitResult, top: int = 3, model_format: str = "cif"
+                    ) -> list[tuple[Any, str]]:
+    """(placement, file name) for the top ``top`` placements of every structure.
+
+    File names are ``<structure>_rank<k>.<fmt>``; a structure name that would clash with
+    another's (two inputs with the same stem) gets its 1-based input index appended.
+    """
+    names = [safe_name(s.name) for s in result.structures]
+    seen: dict[str, int] = {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+    names = [f"{n}_{i + 1}" if seen[n] > 1 else n for i, n in enumerate(names)]
+    out = []
+    for i in range(len(result.structures)):
+        for p in result.for_structure(i)[: max(int(top), 0)]:
+            out.append((p, f"{names[i]}_rank{p.rank}.{model_format}"))
+    return out
+
+
+def _cxc_text(result: FitResult, map_path: str, models: list[tuple[Any, Path]]) -> str:
+    lines = [
+        "# difffit fits: open in UCSF ChimeraX (File > Open, or `open difffit_fits.cxc`).",
+        "# Model numbers below assume a fresh session: the map is #1, the models #2 on.",
+        f"# map #1: {map_path}",
+        f"open {cxc_quote(map_path)}",
+        f"volume #1 level {result.threshold:.6g} style surface transparency 0.6",
+    ]
+    for k, (p, path) in enumerate(models):
+        model_id = k + 2
+        colour = COLOURS[p.structure_index % len(COLOURS)]
+        m = p.metrics
+        lines.append(
+            f"# #{model_id}: {p.structure_name} rank {p.rank}, hits {p.hits}, "
+            f"correlation {m.get('correlation', float('nan')):.4f}, cam {m.get('cam', float('nan')):.4f}"
+        )
+        lines.append(f"open {cxc_quote(str(path))}")
+        lines.append(f"color #{model_id} {colour} target ac")
+    lines += ["hide atoms", "show cartoons", "view"]
+    return "\n".join(lines) + "\n"
+
+
+def _log_text(result: FitResult, command: str | None, map_path: str | None,
+              files: dict[str, Path]) -> str:
+    import torch
+
+    dmap = result.map
+    out = [
+        f"difffit {version()} fit log, written {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
+        f"command: {command if command is not None else ' '.join(sys.argv)}",
+        f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"{platform.platform()}",
+        "",
+        "build_info:",
+    ]
+    out += [f"  {k}: {v}" for k, v in build_info().items()]
+    out += [
+        "",
+        f"map: {map_path}",
+        f"  grid (x, y, z) {dmap.shape_xyz}, voxel size {dmap.voxel_size.tolist()} A, "
+        f"origin {dmap.origin.tolist()} A",
+        f"resolution: {result.resolution:g} A",
+        f"threshold (contour level): {result.threshold:.6g}",
+        "structures:",
+    ]
+    for i, s in enumerate(result.structures):
+        out.append(f"  [{i}] {s.name}: {s.path or '(in memory)'}, {s.n_atoms} atoms, "
+                   f"{s.n_fit_atoms} fitted, chains {','.join(s.chains)}")
+    out += ["", "parameters:"]
+    params = asdict(result.params) if is_dataclass(result.params) else dict(result.params)
+    out += [f"  {k}: {v}" for k, v in params.items()]
+    out += ["", "timings (s):"]
+    out += [f"  {k}: {v:.3f}" for k, v in result.timings.items()]
+    out += ["", f"placements: {len(result.placements)} clusters", "", "outputs:"]
+    out += [f"  {k}: {v}" for k, v in files.items()]
+    out += ["", result.summary_table(top=3), ""]
+    return "\n".join(out)
+
+
+def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: str = "cif",
+                      force: bool = False, command: str | None = None,
+                      report: bool = False) -> dict[str, Path]:
+    """Write the results of a fit into a folder.
+
+    Args:
+        result: the FitResult of :func:`difffit.fit`.
+        outdir: output folder; created (with parents) when missing.
+        top: fitted models written per structure (its best ``top`` placements).
+        model_format: "cif" (mmCIF, any chain name) or "pdb".
+        force: write into an existing non-empty folder, replacing files of the same names
+            (other files there are left alone).
+        command: the command line to record in the log (default: ``sys.argv``).
+        report: also write ``report.html``, a self-contained HTML report (tables, plots).
+
+    Returns:
+        Paths written: keys "outdir", "csv", "json", "cxc", "trajectories", "log",
+        "models" (the models folder), "map" (only when the map was written here),
+        "report" (only with ``report``), and
+        "model:<file name>" for each model.
+
+    Raises:
+        FileExistsError: ``outdir`` exists, is not empty and ``force`` is False.
+        DifffitInputError: bad ``model_format`` or ``top``, or ``outdir`` is a file.
+    """
+    fmt = check_model_format(model_format, top)
+    outdir = Path(outdir)
+    check_outdir(outdir, force)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {"outdir": outdir}
+
+    # The map: referenced where it is; written here when it has no file (simulated maps).
+    map_path = map_file(result.map, outdir, paths)
+
+    # Fitted models.
+    models_dir = outdir / "models"
+    models_dir.mkdir(exist_ok=True)
+    paths["models"] = models_dir
+    written_models: list[tuple[Any, Path]] = []
+    for p, name in model_filenames(result, top, fmt):
+        path = models_dir / name
+        s = result.structures[p.structure_index]
+        try:
+            write_structure(path, s, p.rotation, p.translation, overwrite=True)
+        except DifffitInputError as exc:
+            if fmt != "pdb":
+                raise
+            # Chain names too long for PDB (e.g. large assemblies): mmCIF has no limit.
+            path = path.with_suffix(".cif")
+            warnings.warn(f"{exc}; wrote {path.name} as mmCIF instead", stacklevel=2)
+            write_structure(path, s, p.rotation, p.translation, overwrite=True)
+        written_models.append((p, path))
+        paths[f"model:{path.name}"] = path
+
+    # Tables.
+    rows = result.rows()
+    paths["csv"] = outdir / "results.csv"
+    atomic_write(paths["csv"], csv_text(rows))
+
+    params = asdict(result.params) if is_dataclass(result.params) else dict(result.params)
+    doc = {
+        "difffit_version": version(),
+        "command": command if command is not None else " ".join(sys.argv),
+        "map": {"path": map_path, "grid_xyz": list(result.map.shape_xyz),
+                "voxel_size": result.map.voxel_size, "origin": result.map.origin},
+        "structures": [{"index": i, "name": s.name, "path": abs_path(s.path), "n_atoms": s.n_atoms,
+                        "n_fit_atoms": s.n_fit_atoms, "chains": s.chains}
+                       for i, s in enumerate(result.structures)],
+        "resolution": result.resolution,
+        "threshold": result.threshold,
+        "params": params,
+        "timings": result.timings,
+        "build_info": build_info(),
+        "models": [{"structure": p.structure_name, "rank": p.rank, "path": str(path.resolve())}
+                   for p, path in written_models],
+        "placements": rows,
+    }
+    paths["json"] = outdir / "results.json"
+    atomic_write(paths["json"], json.dumps(jsonable(doc), indent=1, allow_nan=False) + "\n")
+
+    # ChimeraX script: absolute paths, so it runs from anywhere.
+    paths["cxc"] = outdir / "difffit_fits.cxc"
+    atomic_write(paths["cxc"], _cxc_text(result, map_path,
+                                          [(p, path.resolve()) for p, path in written_models]))
+
+    # Trajectories.
+    paths["trajectories"] = outdir / "trajectories.npz"
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in result.trajectory.items()})
+    atomic_write(paths["trajectories"], buf.getvalue())
+
+    if report:  # before the log, which lists the files written
+        from ..report.fit import fit_report
+
+        # The folder was checked above (empty, or force): replacing is what was asked.
+        paths["report"] = fit_report(result, outdir / "report.html", overwrite=True,
+                                     command=doc["command"])
+
+    paths["log"] = outdir / "log.txt"
+    atomic_write(paths["log"], _log_text(result, command, map_path,
+                                          {k: v for k, v in paths.items() if ":" not in k}))
+    return paths

@@ -1,0 +1,321 @@
+"""Fitting structures into a map: the DiffFit search, clustering, refinement and ranking.
+
+Three stages (docs/method.md sections 3-8), each a function of its own:
+
+1. :func:`_search`: preprocess the target into a multi-resolution, negative-space pyramid
+   (its levels summed once: fixed weights, so every iteration samples a single channel);
+   ``n_rotations`` uniform rotations x ``n_positions`` enveloped positions for each
+   structure, all structures through the ragged kernel in one batch (chunked when the
+   batch would exceed ``max_points_per_batch`` atom samples); Adam on (quaternion,
+   translation) of every start, the pose and score recorded together every
+   ``record_every`` iterations.
+2. :func:`_cluster`: each start's best recorded pose; metrics for all of them; greedy
+   clustering per structure (3 A / 6 degrees).
+3. :func:`_refine_and_rank`: the representatives of the best ``refine_top`` clusters of
+   each structure are refined locally against the unsmoothed map (maximising the mean
+   map value at all heavy atoms, like ChimeraX ``fitmap`` on atoms), measured again,
+   merged when refinement brings two to one pose, and ranked by ``rank_by``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import ops
+from ..cluster import cluster_poses
+from ..errors import DifffitInputError
+from ..maps import DensityMap, read_map
+from ..metrics import Metrics, ragged
+from ..params import FitParams, resolve
+from ..preprocess import Pyramid, build_pyramid, default_threshold, envelope_positions
+from ..results import FitResult, Placement
+from ..rotations import quat_to_matrix, uniform_rotations
+from ..search import Batch, chunks, optimise, refine
+from ..structures import Structure, read_structure
+
+__all__ = ["fit", "as_structures", "as_map"]
+
+
+def as_structures(structures) -> list[Structure]:
+    """Structure objects from Structures or paths (one, or a list)."""
+    if isinstance(structures, (Structure, str, Path)):
+        structures = [structures]
+    out = [s if isinstance(s, Structure) else read_structure(s) for s in structures]
+    if not out:
+        raise DifffitInputError("no structure to fit")
+    return out
+
+
+def as_map(target) -> DensityMap:
+    """A DensityMap from a DensityMap or a path."""
+    return target if isinstance(target, DensityMap) else read_map(target)
+
+
+def check_resolution(resolution) -> float:
+    if not resolution or not float(resolution) > 0:
+        raise DifffitInputError(f"resolution must be a positive number of Angstrom, got {resolution}")
+    return float(resolution)
+
+
+@dataclass
+class _Setup:
+    """What every stage shares: the target, its pyramid, the structures on the device."""
+
+    dmap: DensityMap
+    structs: list[Structure]
+    params: FitParams
+    device: torch.device
+    resolution: float
+    threshold: float
+    pyr: Pyramid
+    volume: Tensor          # [D, H, W, 1] the pyramid's levels summed
+    origin: list[float]
+    voxel: list[float]
+    centroids: np.ndarray   # [M, 3]
+    batch: Batch            # centred fitted atoms
+    mol_idx: Tensor         # [S] structure of each start
+    per: int                # starts per structure
+
+
+@dataclass
+class _Searched:
+    rec: dict[str, Tensor]  # recorded quat [K, S, 4], trans [K, S, 3], score [K, S], iteration [K]
+    best_k: Tensor          # [S] recorded step of each start's best score
+    q_best: Tensor          # [S, 4]
+    t_best: Tensor          # [S, 3]
+
+
+@dataclass
+class _Clustered:
+    metrics: Metrics
+    m_all: dict[str, Tensor]          # [S] every metric of each start's best pose
+    rank_score: Tensor                # [S]
+    groups: list[tuple[int, int, int]]  # (structure, representative start, hits)
+
+
+def _setup(dmap, structs, params, resolution, threshold) -> _Setup:
+    device = params.torch_device()
+    thr = float(default_threshold(dmap.data) if threshold is None else threshold)
+    pyr = build_pyramid(dmap.data, dmap.origin, dmap.voxel_size, thr, n_levels=params.n_levels,
+                        sigma=params.smooth_sigma, negative=params.negative,
+                        dust_min_size=params.dust_min_size)
+    volume = pyr.levels.sum(-1, keepdim=True).to(device).contiguous()  # fixed weights: sum once
+    centroids = np.stack([s.centroid for s in structs])
+    pts, off = ragged([s.fit_coords - c for s, c in zip(structs, centroids)], device)
+    ops.validate_ragged(pts, off, torch.zeros(0, dtype=torch.int64))
+    per = params.n_rotations * params.n_positions
+    mol_idx = torch.arange(len(structs)).repeat_interleave(per).to(device)
+    return _Setup(dmap, structs, params, device, resolution, thr, pyr, volume,
+                  pyr.origin.tolist(), pyr.voxel_size.tolist(), centroids, Batch(pts, off),
+                  mol_idx, per)
+
+
+def _search(su: _Setup, progress: bool) -> _Searched:
+    """Every structure gets the same rotations x positions; Adam on all starts."""
+    params, M = su.params, len(su.structs)
+    box = np.array(su.pyr.shape[::-1]) * su.pyr.voxel_size
+    lr_trans = params.lr_trans if params.lr_trans else 0.01 * float(box.mean())
+    rots = uniform_rotations(params.n_rotations, seed=params.seed)            # [R, 4]
+    pos = envelope_positions(su.pyr, params.n_positions, seed=params.seed)    # [N, 3]
+    quat0 = rots.repeat(params.n_positions, 1).repeat(M, 1)                   # [M*N*R, 4]
+    trans0 = pos.repeat_interleave(params.n_rotations, 0).repeat(M, 1)        # [M*N*R, 3]
+    quat0, trans0 = quat0.to(su.device, torch.float32), trans0.to(su.device, torch.float32)
+    off, mol_idx = su.batch.offsets, su.mol_idx
+    # Chunks of starts keep each batch under max_points_per_batch.
+    n_atoms = (off[1:] - off[:-1]).cpu()[mol_idx.cpu()]
+    parts = chunks(n_atoms, params.max_points_per_batch)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=params.n_iters * len(parts), desc="fitting", unit="step")
+    recs = [optimise(su.volume, su.origin, su.voxel, su.batch, quat0[a:b], trans0[a:b],
+                     mol_idx[a:b], params, lr_trans, bar) for a, b in parts]
+    if bar is not None:
+        bar.close()
+    rec = {k: torch.cat([r[k] for r in recs], 1) for k in ("quat", "trans", "score")}
+    rec["iteration"] = recs[0]["iteration"]
+    best_k = rec["score"].argmax(0)                                           # [S]
+    ar = torch.arange(mol_idx.numel(), device=best_k.device)
+    return _Searched(rec, best_k, rec["quat"][best_k, ar], rec["trans"][best_k, ar])
+
+
+def _cluster(su: _Setup, se: _Searched) -> _Clustered:
+    """Metrics of every start's best pose; greedy clustering per structure."""
+    params = su.params
+    metrics = Metrics(su.structs, su.centroids, su.dmap, su.pyr.levels[..., 0], su.origin,
+                      su.voxel, su.threshold, su.resolution, su.device)
+    m_all = metrics(se.q_best, se.t_best, su.mol_idx)
+    ar = torch.arange(su.mol_idx.numel(), device=se.best_k.device)
+    m_all["pyramid_score"] = se.rec["score"][se.best_k, ar].double()
+    rank_score = m_all[params.rank_by].cpu()
+    valid = (m_all["inside_fraction"] >= params.min_inside_fraction).cpu()
+    R_best = quat_to_matrix(se.q_best.double().cpu())
+    groups = []
+    mol_cpu = su.mol_idx.cpu()
+    for i in range(len(su.structs)):
+        sel = torch.nonzero(mol_cpu == i).flatten()
+        cl = cluster_poses(se.t_best[sel].double().cpu(), R_best[sel], rank_score[sel],
+                           params.shift_tol, params.angle_tol, valid[sel])
+        for k in range(len(cl)):
+            groups.append((i, int(sel[cl.representative[k]]), int(cl.size[k])))
+    return _Clustered(metrics, m_all, rank_score, groups)
+
+
+def _refine_and_rank(su: _Setup, se: _Searched, cl: _Clustered) -> list[Placement]:
+    """Refine the best clusters of each structure against the unsmoothed map, measure them
+    again, merge clusters whose refined poses coincide, then rank."""
+    params, device, groups = su.params, su.device, cl.groups
+    reps = torch.tensor([g[1] for g in groups], dtype=torch.int64)
+    g_mol = torch.tensor([g[0] for g in groups], dtype=torch.int64)
+    hits = torch.tensor([g[2] for g in groups], dtype=torch.int64)
+    q_rep, t_rep = se.q_best[reps.to(device)].double(), se.t_best[reps.to(device)].double()
+    m_rep_idx = su.mol_idx[reps.to(device)]
+    refined = _refine_selection(g_mol, cl.rank_score[reps], params)             # [G] bool
+    sel = torch.nonzero(refined).flatten()
+    if len(sel):
+        raw = raw_volume(su.dmap, device)
+        all_pts, all_off = ragged([s.coords[s.atomic_numbers > 1] - c
+                                   for s, c in zip(su.structs, su.centroids)], device, torch.float64)
+        step = 0.1 * float(su.dmap.voxel_size.mean())
+        sd = sel.to(device)
+        q_rep[sd], t_rep[sd] = refine(raw, su.dmap.origin.tolist(), su.dmap.voxel_size.tolist(),
+                                      all_pts, all_off, q_rep[sd], t_rep[sd], m_rep_idx[sd],
+                                      params.refine_iters, step)
+    # Metrics at the refined poses; unrefined clusters keep those of their best pose.
+    m_rep = {k: v[reps.to(v.device)].clone() for k, v in cl.m_all.items()}
+    if len(sel):
+        sd = sel.to(device)
+        m_sel = cl.metrics(q_rep[sd], t_rep[sd], m_rep_idx[sd])
+        m_sel["pyramid_score"] = ops.score(su.volume.double(), torch.ones(1, dtype=torch.float64, device=device),
+                                           su.origin, su.voxel, su.batch.points.double(),
+                                           su.batch.offsets, q_rep[sd], t_rep[sd],
+                                           m_rep_idx[sd], validate=False)
+        for k, v in m_sel.items():
+            m_rep[k][sel.to(m_rep[k].device)] = v.to(m_rep[k].dtype)
+    R_rep = quat_to_matrix(q_rep.cpu())                                         # [G, 3, 3]
+    keep, hits = _merge_refined(g_mol, R_rep, t_rep.cpu(), m_rep[params.rank_by].cpu(), hits,
+                                refined, params)
+
+    placements = []
+    R_rep = R_rep.numpy()
+    t_rep_np = t_rep.cpu().numpy()
+    for g in keep.tolist():
+        i, start = groups[g][0], groups[g][1]
+        R = R_rep[g]
+        mets = {k: float(v[g]) for k, v in m_rep.items()}
+        T = t_rep_np[g] - R @ su.centroids[i]
+        placements.append(Placement(
+            rotation=R, translation=T, centre=R @ su.centroids[i] + T, hits=int(hits[g]),
+            score=mets[params.rank_by], metrics=mets, structure_index=i,
+            structure_name=su.structs[i].name, rank=0,
+            iteration=int(se.rec["iteration"][se.best_k[start]]), start=start % su.per,
+            refined=bool(refined[g])))
+    placements.sort(key=lambda p: -p.score)
+    counters = [0] * len(su.structs)
+    for p in placements:
+        counters[p.structure_index] += 1
+        p.rank = counters[p.structure_index]
+    return placements
+
+
+def fit(target, structures, resolution: float, threshold: float | None = None,
+        params: FitParams | None = None, progress: bool = False, **overrides) -> FitResult:
+    """Fit one or more structures into a map.
+
+    Args:
+        target: DensityMap or path of an MRC/CCP4 map.
+        structures: Structure objects or paths (PDB/mmCIF), fitted together in one batch.
+        resolution: map resolution in Angstrom (simulated maps for the metrics).
+        threshold: contour level in map units; None uses
+            :func:`difffit.preprocess.default_threshold` (mean + 1 standard deviation).
+        params: FitParams; ``overrides`` replace single fields (e.g. ``n_iters=100``).
+        progress: show a progress bar.
+
+    Returns:
+        FitResult with the ranked placements of every structure.
+    """
+    t_start = time.perf_counter()
+    (params,) = resolve(overrides, (FitParams, params))
+    dmap = as_map(target)
+    structs = as_structures(structures)
+    resolution = check_resolution(resolution)
+    timings = {}
+    t0 = time.perf_counter()
+    su = _setup(dmap, structs, params, resolution, threshold)
+    timings["preprocess"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    se = _search(su, progress)
+    timings["optimise"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cl = _cluster(su, se)
+    timings["cluster"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    placements = _refine_and_rank(su, se, cl)
+    timings["refine"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    traj = {k: v.cpu().numpy() for k, v in se.rec.items()}
+    traj["mol_idx"] = su.mol_idx.cpu().numpy()
+    return FitResult(placements=placements, structures=structs, map=dmap, params=params,
+                     resolution=resolution, threshold=su.threshold, timings=timings,
+                     trajectory=traj)
+
+
+def raw_volume(dmap: DensityMap, device) -> Tensor:
+    """The unsmoothed map as a one-channel float64 volume [D, H, W, 1], scaled to unit maximum."""
+    data = np.asarray(dmap.data, dtype=np.float64)
+    scale = float(np.abs(data).max()) or 1.0
+    return torch.from_numpy(data / scale).to(device).unsqueeze(-1).contiguous()
+
+
+def _refine_selection(g_mol: Tensor, pre_score: Tensor, params: FitParams) -> Tensor:
+    """[G] bool: the clusters to refine, the ``refine_top`` best of each structure.
+
+    Args:
+        g_mol: [G] structure index of each cluster.
+        pre_score: [G] ranking metric of each cluster's representative before refinement.
+    """
+    chosen = torch.zeros(g_mol.numel(), dtype=torch.bool)
+    if not params.refine:
+        return chosen
+    for i in g_mol.unique().tolist():
+        idx = torch.nonzero(g_mol == i).flatten()
+        order = torch.argsort(-pre_score[idx].double().nan_to_num(-math.inf), stable=True)
+        n = len(idx) if params.refine_top is None else params.refine_top
+        chosen[idx[order[:n]]] = True
+    return chosen
+
+
+def _merge_refined(g_mol: Tensor, R: Tensor, t: Tensor, score: Tensor, hits: Tensor,
+                   refined: Tensor, params: FitParams) -> tuple[Tensor, Tensor]:
+    """Merge clusters whose refined poses fall within the clustering tolerances.
+
+    Refinement can carry two neighbouring clusters to the same optimum; they are one
+    placement, whose hits are the sum. Greedy per structure, best refined score first.
+
+    Args:
+        g_mol: [G] structure of each cluster; R: [G, 3, 3], t: [G, 3] refined poses
+            (centred frame); score: [G] ranking metric; hits: [G]; refined: [G] bool.
+
+    Returns:
+        (indices of the clusters kept, [G] hits with merged clusters' hits added).
+    """
+    hits = hits.clone()
+    merged = torch.zeros(g_mol.numel(), dtype=torch.bool)
+    for i in g_mol.unique().tolist():
+        idx = torch.nonzero((g_mol == i) & refined).flatten()
+        if len(idx) < 2:
+            continue
+        cl = cluster_poses(t[idx].double(), R[idx].double(), score[idx].double(),
+                           params.shift_tol, params.angle_tol)
+        for k in range(len(cl)):
+            members = idx[cl.labels == k]
+            rep = idx[cl.representative[k]]
+            hits[rep] = hits[members].sum()
+            merged[members[members != rep]] = True
+    return torch.nonzero(~merged).flatten(), hits
