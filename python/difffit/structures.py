@@ -20,7 +20,7 @@ from .errors import DifffitInputError
 from .files import atomic_write, is_gz, refuse_existing, stem
 
 __all__ = ["Structure", "SELECTIONS", "read_structure", "split_chains", "write_structure",
-           "trace_mask", "combine"]
+           "trace_mask", "simulation_mask", "combine"]
 
 
 SELECTIONS = ("backbone", "ca", "heavy", "all")
@@ -421,6 +421,26 @@ def write_structure(
     if is_gz(p):
         payload = gzip.compress(payload)
     atomic_write(p, payload)
+
+
+def _atom_classes(s: Structure) -> list[str]:
+    """[N] residue class of every atom, in atom order."""
+    out = []
+    for chain in s.gemmi_structure[0]:
+        for res in chain:
+            cls = _residue_class(res)
+            out.extend(cls for _ in res)
+    return out
+
+
+def simulation_mask(s: Structure) -> np.ndarray:
+    """[N] bool: the atoms a simulated map of the structure is made of: every kept atom
+    but waters (hydrogens included when they were kept), as ChimeraX ``molmap`` and
+    ``fitmap`` use a model without its waters."""
+    mask = np.asarray([c != _WATER for c in _atom_classes(s)], dtype=bool)
+    if mask.shape[0] != s.n_atoms:  # a Structure whose gemmi model was replaced
+        return np.ones(s.n_atoms, dtype=bool)
+    return mask
 
 
 def trace_mask(s: Structure) -> np.ndarray:
