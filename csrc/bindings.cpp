@@ -17,7 +17,9 @@ using namespace difffit;
 
 namespace {
 
-enum Device { kCPU = 0, kCUDA = 1 };
+// Device codes passed by python/difffit/ops.py. kCPUPointwise runs the CUDA kernels'
+// per-placement code on the CPU (kernels.h; tests only).
+enum Device { kCPU = 0, kCUDA = 1, kCPUPointwise = 2 };
 
 template <typename T>
 const T* cptr(uintptr_t p, const char* name) {
@@ -33,11 +35,43 @@ void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("difffit: " + what);
 }
 
-void no_cuda() {
+// Each op's kernels, chosen by overloading on its argument struct.
+template <typename T> void cpu_kernel(const ScoreArgs<T>& a) { score_cpu(a); }
+template <typename T> void cpu_kernel(const StatsArgs<T>& a) { stats_cpu(a); }
+template <typename T> void cpu_kernel(const SplatArgs<T>& a) { splat_cpu(a); }
+template <typename T> void pointwise_kernel(const ScoreArgs<T>& a) { score_pointwise_cpu(a); }
+template <typename T> void pointwise_kernel(const StatsArgs<T>& a) { stats_pointwise_cpu(a); }
+template <typename T> void pointwise_kernel(const SplatArgs<T>&) {
+  throw std::invalid_argument("difffit: splat has no per-point CPU path");
+}
+#ifdef DIFFFIT_WITH_CUDA
+template <typename T> void cuda_kernel(const ScoreArgs<T>& a, void* s) { score_cuda(a, s); }
+template <typename T> void cuda_kernel(const StatsArgs<T>& a, void* s) { stats_cuda(a, s); }
+template <typename T> void cuda_kernel(const SplatArgs<T>& a, void* s) { splat_cuda(a, s); }
+#endif
+
+// Runs an op on its device: the CPU kernels without the GIL (they touch raw memory only),
+// the CUDA kernels queued on `stream` (a cudaStream_t as an integer).
+template <typename Args>
+void run_on_device(int device, const Args& a, uintptr_t stream) {
+  if (device == kCPU || device == kCPUPointwise) {
+    py::gil_scoped_release nogil;
+    if (device == kCPU)
+      cpu_kernel(a);
+    else
+      pointwise_kernel(a);
+    return;
+  }
+  require(device == kCUDA, "unknown device code " + std::to_string(device));
+#ifdef DIFFFIT_WITH_CUDA
+  cuda_kernel(a, reinterpret_cast<void*>(stream));
+#else
+  (void)stream;
   throw std::runtime_error(
       "difffit was built without CUDA kernels, so it cannot run on CUDA tensors. Rebuild "
       "with nvcc on PATH: DIFFFIT_CUDA=ON pip install --no-build-isolation --force-reinstall "
       "difffit (or run on the CPU with device='cpu').");
+#endif
 }
 
 // Volume geometry as passed from Python: (nz, ny, nx, nc), origin xyz, voxel size xyz.
@@ -46,7 +80,8 @@ VolumeView<T> volume(uintptr_t data, std::array<int64_t, 4> shape, std::array<do
                      std::array<double, 3> voxel) {
   require(shape[0] > 0 && shape[1] > 0 && shape[2] > 0 && shape[3] > 0,
           "volume shape must be positive");
-  require(shape[3] <= kMaxChannels, "volume has more than 64 channels");
+  require(shape[3] <= kMaxChannels,
+          "volume has more than " + std::to_string(kMaxChannels) + " channels");
   require(shape[0] * shape[1] * shape[2] * shape[3] < (int64_t(1) << 31),
           "volume has 2^31 values or more; crop or downsample the map");
   for (double v : voxel) require(v > 0, "voxel size must be positive");
@@ -81,17 +116,7 @@ void score(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<d
   a.score = mptr<T>(out_score, "score");
   a.grad_q = mptr<T>(out_grad_q, "grad_q");
   a.grad_t = mptr<T>(out_grad_t, "grad_t");
-  if (device == kCPU) {
-    py::gil_scoped_release nogil;
-    score_cpu<T>(a);
-  } else {
-#ifdef DIFFFIT_WITH_CUDA
-    score_cuda<T>(a, reinterpret_cast<void*>(stream));
-#else
-    (void)stream;
-    no_cuda();
-#endif
-  }
+  run_on_device(device, a, stream);
 }
 
 // CPU only: CUDA volumes are summed by torch (a matrix-vector product on the GPU).
@@ -123,17 +148,7 @@ void stats(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<d
   a.n_mol = n_mol;
   a.place = placements<T>(quat, trans, mol_idx, n_place);
   a.stats = mptr<T>(out_stats, "stats");
-  if (device == kCPU) {
-    py::gil_scoped_release nogil;
-    stats_cpu<T>(a);
-  } else {
-#ifdef DIFFFIT_WITH_CUDA
-    stats_cuda<T>(a, reinterpret_cast<void*>(stream));
-#else
-    (void)stream;
-    no_cuda();
-#endif
-  }
+  run_on_device(device, a, stream);
 }
 
 template <typename T>
@@ -155,17 +170,7 @@ void splat(int device, uintptr_t points, uintptr_t amplitudes, int64_t n_points,
   if (n_points == 0) return;
   a.points = cptr<T>(points, "points");
   a.amplitudes = cptr<T>(amplitudes, "amplitudes");
-  if (device == kCPU) {
-    py::gil_scoped_release nogil;
-    splat_cpu<T>(a);
-  } else {
-#ifdef DIFFFIT_WITH_CUDA
-    splat_cuda<T>(a, reinterpret_cast<void*>(stream));
-#else
-    (void)stream;
-    no_cuda();
-#endif
-  }
+  run_on_device(device, a, stream);
 }
 
 py::dict build_info() {
@@ -195,7 +200,9 @@ py::dict build_info() {
 #else
   d["compiler"] = std::string("unknown");
 #endif
+  // Constants of the kernels that python/difffit/ops.py needs.
   d["num_stats"] = kNumStats;
+  d["max_channels"] = kMaxChannels;
   d["cpu_variant"] = std::string(cpu_variant());
   return d;
 }

@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -17,7 +16,7 @@ from difffit import DifffitInputError, ops
 from difffit.reference import (point_stats_reference, score_reference,
                                score_with_grad_reference, splat_reference)
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import data_file
 
 
 def make_case(dtype=torch.float64, C=3, sizes=(1, 50, 200), P=40, shape=(17, 13, 11),
@@ -86,6 +85,7 @@ def test_score_float32_one_channel_gradients_match_float64_reference(shape, spre
 _CPU_VARIANTS = ("baseline", "avx2", "avx512")  # slowest to fastest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", _CPU_VARIANTS[:-1])
 def test_lower_cpu_builds_pass_the_kernel_tests(variant):
     """DIFFFIT_CPU=baseline|avx2 caps the CPU build; each must pass the same checks."""
@@ -254,15 +254,16 @@ def test_numpy_in_numpy_out():
     np.testing.assert_allclose(got, ops.score(*case).numpy())
 
 
-def test_real_map_score_peaks_at_the_deposited_pose():
+def test_real_map_score_peaks_at_the_deposited_pose(shared_data):
     """On a real map the deposited model scores higher than the same model moved away."""
     import gemmi
 
-    with mrcfile.open(DATA / "daq_emd2566_3j6b" / "2566_3J6B_9.mrc", permissive=False) as mrc:
+    with mrcfile.open(data_file(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc"),
+                      permissive=False) as mrc:
         data = np.asarray(mrc.data, dtype=np.float64)
         origin = [float(mrc.header.origin[a]) for a in "xyz"]
         voxel = [float(mrc.voxel_size[a]) for a in "xyz"]
-    st = gemmi.read_structure(str(DATA / "daq_emd2566_3j6b" / "3J6B_9.pdb"))
+    st = gemmi.read_structure(str(data_file(shared_data, "daq_emd2566_3j6b/3J6B_9.pdb")))
     xyz = np.array([[a.pos.x, a.pos.y, a.pos.z] for r in st[0][0] for a in r if a.name == "CA"])
     c = xyz.mean(0)
     vol = torch.from_numpy(np.ascontiguousarray(data[..., None]))
@@ -335,3 +336,48 @@ def test_zero_placements_give_empty_outputs():
     assert s.shape == (0,) and gq.shape == (0, 4) and gt.shape == (0, 3)
     st = ops.point_stats(vol, o, v, pts, torch.ones(pts.shape[0], dtype=pts.dtype), off, q[:0], t[:0], m[:0])
     assert st.shape == (0, 6)
+
+
+def test_too_many_channels_are_rejected_at_the_kernels_limit():
+    """ops reads the kernels' constants from the compiled module (build_info)."""
+    info = ops.load().build_info()
+    assert ops.NUM_STATS == info["num_stats"] == len(ops.STAT_NAMES)
+    assert ops.MAX_CHANNELS == info["max_channels"]
+    vol, w, o, v, pts, off, q, t, m = make_case(C=1, shape=(3, 4, 5))
+    wide = vol.expand(-1, -1, -1, ops.MAX_CHANNELS + 1).contiguous()
+    with pytest.raises(DifffitInputError, match=f"at most {ops.MAX_CHANNELS} are supported"):
+        ops.score(wide, torch.ones(wide.shape[3], dtype=wide.dtype), o, v, pts, off, q, t, m)
+
+
+# ---------------------------------------------------------------------------------------
+# The CUDA kernels' per-point code (math.h's score_point / stats_point and the samplers
+# under them, looped by kernels.h's score_share / stats_share), run serially on the CPU:
+# the CPU kernels above do not execute it, so without this only a GPU run would test it.
+
+
+@pytest.mark.parametrize("C,P,shape,spread", [
+    (3, 2, (40, 30, 20), 6.0),   # several channels: weighted corners (no channel sum first)
+    (1, 60, (17, 13, 11), 6.0),  # atoms inside and outside the grid
+    (1, 30, (9, 12, 1), 4.0),    # one-voxel x axis
+    (2, 30, (1, 6, 7), 30.0),    # one-voxel z axis, most atoms clamped
+])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_per_point_code_on_the_cpu_matches_reference(C, P, shape, spread, dtype):
+    case = make_case(C=C, sizes=(1, 7, 203), P=P, shape=shape, spread=spread, seed=4)
+    vol, w, o, v, pts, off, q, t, m = case
+    frame = list(o) + list(v)
+    want = score_with_grad_reference(*case)
+    pw = torch.rand(pts.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    want_stats = point_stats_reference(vol, o, v, pts, pw, off, q, t, m, channel=C - 1, threshold=0.05)
+    vol, w, pts, q, t, pw = (x.to(dtype) for x in (vol, w, pts, q, t, pw))
+    got = ops._run_score(vol, w, frame, pts, off, q, t, m, pointwise=True)
+    stats = ops._run_stats(vol, frame, pts, pw, off, q, t, m, C - 1, 0.05, pointwise=True)
+    if dtype == torch.float64:
+        for g, want_g in zip(got, want):
+            torch.testing.assert_close(g, want_g, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(stats, want_stats, rtol=1e-10, atol=1e-10)
+    else:  # float32 points and sums; the inside count may differ where d ~ threshold
+        for g, want_g, tol in zip(got, want, (1e-5, 1e-4, 1e-4)):
+            torch.testing.assert_close(g.double(), want_g, rtol=tol, atol=tol)
+        torch.testing.assert_close(stats[:, :5].double(), want_stats[:, :5], rtol=1e-5, atol=1e-3)
+        assert (stats[:, 5].double() - want_stats[:, 5]).abs().max() <= 2

@@ -27,8 +27,8 @@ namespace DIFFFIT_CPU_NS {
 // indices and fractions of every point of the block (arithmetic, vectorisable), then the
 // corner values (independent gathers, which the CPU overlaps instead of waiting on one
 // cache miss at a time), then interpolation and sums (vectorisable). The formulas are
-// those of math.h (axis_lookup, trilinear_corners / trilinear_value); only the loop order
-// differs from the GPU path.
+// those of math.h (move_point, axis_lookup, corner_offsets, trilinear_corners /
+// trilinear_value); only the loop order differs from the GPU path.
 constexpr int kBlock = 32;
 
 // Pass 1 of the blocked kernels: where each of a block's points lands in the grid after
@@ -49,14 +49,12 @@ inline void locate_block(const VolumeView<T>& v, int nc, const T* R, const T* t,
 #pragma omp simd
   for (int k = 0; k < nb; ++k) {
     const T* x = points + 3 * k;
-    const T px = R[0] * x[0] + R[1] * x[1] + R[2] * x[2] + t[0];
-    const T py = R[3] * x[0] + R[4] * x[1] + R[5] * x[2] + t[1];
-    const T pz = R[6] * x[0] + R[7] * x[1] + R[8] * x[2] + t[2];
+    const Point<T> p = move_point(R, t, x);
     int x0, x1, y0, y1, z0, z1;
     bool inx, iny, inz;
-    axis_lookup((px - v.ox) * v.ivx, v.nx, x0, x1, b.tx[k], inx);
-    axis_lookup((py - v.oy) * v.ivy, v.ny, y0, y1, b.ty[k], iny);
-    axis_lookup((pz - v.oz) * v.ivz, v.nz, z0, z1, b.tz[k], inz);
+    axis_lookup((p.x - v.ox) * v.ivx, v.nx, x0, x1, b.tx[k], inx);
+    axis_lookup((p.y - v.oy) * v.ivy, v.ny, y0, y1, b.ty[k], iny);
+    axis_lookup((p.z - v.oz) * v.ivz, v.nz, z0, z1, b.tz[k], inz);
     b.base[k] = z0 * sz + y0 * sy + x0 * nc;
     b.dx[k] = (x1 - x0) * nc;
     b.dy[k] = (y1 - y0) * sy;
@@ -73,8 +71,8 @@ template <typename T, typename Value>
 inline void block_corners(const T* data, const BlockCells<T>& b, int nb, Value value, T c[8][kBlock]) {
   for (int k = 0; k < nb; ++k) {
     const T* d = data + b.base[k];
-    const int dx = b.dx[k], dy = b.dy[k], dz = b.dz[k];
-    const int o[8] = {0, dx, dy, dx + dy, dz, dx + dz, dy + dz, dx + dy + dz};
+    int o[8];
+    corner_offsets(b.dx[k], b.dy[k], b.dz[k], o);
     for (int j = 0; j < 8; ++j) c[j][k] = value(d + o[j]);
   }
 }
@@ -85,11 +83,8 @@ template <typename T, int NC>
 void score_placement(const ScoreArgs<T>& a, int64_t p) {
   const VolumeView<T>& v = a.vol;
   const int nc = NC > 0 ? NC : v.nc;
-  T u[4], R[9];
-  const T qn = quat_to_matrix(a.place.quat + 4 * p, u, R);
-  const T* t = a.place.trans + 3 * p;
-  const int64_t m = a.place.mol_idx[p];
-  const int64_t begin = a.offsets[m], end = a.offsets[m + 1];
+  const Placed<T> pl = resolve_placement(a.place, a.offsets, a.n_mol, p);
+  const int64_t begin = pl.begin, end = pl.end;
   T w[NC > 0 ? NC : kMaxChannels];  // weights in registers, not re-read per corner
   for (int ch = 0; ch < nc; ++ch) w[ch] = a.weights[ch];
   const auto weighted = [&](const T* q) {
@@ -103,7 +98,7 @@ void score_placement(const ScoreArgs<T>& a, int64_t p) {
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int nb = int(end - b0 < kBlock ? end - b0 : kBlock);
     BlockCells<T> b;
-    locate_block(v, nc, R, t, a.points + 3 * b0, nb, b);
+    locate_block(v, nc, pl.R, pl.t, a.points + 3 * b0, nb, b);
     T c[8][kBlock];
     block_corners(v.data, b, nb, weighted, c);
     // Pass 3: value, spatial gradient and the per-placement sums.
@@ -128,7 +123,7 @@ void score_placement(const ScoreArgs<T>& a, int64_t p) {
     acc.G[3] += G3; acc.G[4] += G4; acc.G[5] += G5;
     acc.G[6] += G6; acc.G[7] += G7; acc.G[8] += G8;
   }
-  score_finish(acc, end - begin, u, qn, a.score + p, a.grad_q + 4 * p, a.grad_t + 3 * p);
+  score_finish(acc, end - begin, pl.u, pl.qnorm, a.score + p, a.grad_q + 4 * p, a.grad_t + 3 * p);
 }
 
 // Point samples (placements x their molecule's atoms) of a call. Calls below
@@ -284,18 +279,15 @@ void score_cpu(const ScoreArgs<T>& a) {
 template <typename T>
 void stats_placement(const StatsArgs<T>& a, int64_t p) {
   const VolumeView<T>& v = a.vol;
-  T u[4], R[9];
-  quat_to_matrix(a.place.quat + 4 * p, u, R);
-  const T* t = a.place.trans + 3 * p;
-  const int64_t m = a.place.mol_idx[p];
-  const int64_t begin = a.offsets[m], end = a.offsets[m + 1];
+  const Placed<T> pl = resolve_placement(a.place, a.offsets, a.n_mol, p);
+  const int64_t begin = pl.begin, end = pl.end;
   const T* data = v.data + a.channel;
   const T threshold = a.threshold;
   StatsAcc<double> acc;
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int nb = int(end - b0 < kBlock ? end - b0 : kBlock);
     BlockCells<T> b;
-    locate_block(v, v.nc, R, t, a.points + 3 * b0, nb, b);
+    locate_block(v, v.nc, pl.R, pl.t, a.points + 3 * b0, nb, b);
     T c[8][kBlock];
     block_corners(data, b, nb, [](const T* q) { return q[0]; }, c);
     T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
@@ -327,30 +319,32 @@ void stats_cpu(const StatsArgs<T>& a) {
 // planes and visits every atom that reaches into its slab: writes never collide, and the
 // result is bitwise reproducible (each voxel sums its atoms in input order).
 template <typename T>
-void splat_cpu(const SplatArgs<T>& a) {
-  const T radius = a.cutoff * a.sigma;
-  const T inv2s2 = T(1) / (T(2) * a.sigma * a.sigma);
+void splat_cpu(const SplatArgs<T>& args) {
+  // A local copy: stores into the grid cannot alias it, so its fields stay in registers.
+  const SplatArgs<T> a = args;
+  const SplatGaussian<T> gauss(a.sigma, a.cutoff);
   const int64_t nx = a.nx, nxy = int64_t(a.nx) * a.ny;
 #pragma omp parallel for schedule(static)
   for (int z = 0; z < a.nz; ++z) {
-    const T wz = a.oz + z * a.vz;
     for (int64_t i = 0; i < a.n_points; ++i) {
       const T* p = a.points + 3 * i;
-      const T dz = wz - p[2];
-      if (dz * dz > radius * radius) continue;
+      const T dz = splat_delta(a.oz, z, a.vz, p[2]);
+      // Early exits only: r2 = dx^2 + dyz >= dyz >= dz^2, so gauss.value would reject
+      // every voxel of a skipped plane or row.
+      if (dz * dz > gauss.r2max) continue;
       int x_lo, x_hi, y_lo, y_hi;
-      splat_range(p[0], a.ox, a.vx, radius, a.nx, x_lo, x_hi);
-      splat_range(p[1], a.oy, a.vy, radius, a.ny, y_lo, y_hi);
+      splat_range(p[0], a.ox, a.vx, gauss.radius, a.nx, x_lo, x_hi);
+      splat_range(p[1], a.oy, a.vy, gauss.radius, a.ny, y_lo, y_hi);
       const T amp = a.amplitudes[i];
       for (int y = y_lo; y <= y_hi; ++y) {
-        const T dy = a.oy + y * a.vy - p[1];
+        const T dy = splat_delta(a.oy, y, a.vy, p[1]);
         const T dyz = dy * dy + dz * dz;
-        if (dyz > radius * radius) continue;
+        if (dyz > gauss.r2max) continue;
         T* row = a.grid + z * nxy + y * nx;
         for (int x = x_lo; x <= x_hi; ++x) {
-          const T dx = a.ox + x * a.vx - p[0];
-          const T r2 = dx * dx + dyz;
-          if (r2 <= radius * radius) row[x] += amp * std::exp(-r2 * inv2s2);
+          const T dx = splat_delta(a.ox, x, a.vx, p[0]);
+          T val;
+          if (gauss.value(amp, dx * dx + dyz, val)) row[x] += val;
         }
       }
     }

@@ -105,13 +105,13 @@ inline void load_x_pairs(const float* data, const int* base, int off, F8& c0, F8
 }
 
 // The 8 corners c[x + 2 y + 4 z] of the lanes' atoms whose cells start at float offsets
-// `base` (x axis of more than one voxel; oy, oz: offsets of the y + 1 and z + 1 rows).
-// Scalar 64-bit loads and shuffles: on AMD Zen 3 an AVX2 hardware gather is slower.
-inline void load_corners(const float* data, __m256i base, int oy, int oz, F8 c[8]) {
-  const int off[4] = {0, oy, oz, oy + oz};
+// `base`, o: corner_offsets of an x axis of more than one voxel (o[2 r + 1] = o[2 r] + 1, so
+// each x pair is one 64-bit load). Scalar 64-bit loads and shuffles: on AMD Zen 3 an AVX2
+// hardware gather is slower.
+inline void load_corners(const float* data, __m256i base, const int o[8], F8 c[8]) {
   alignas(32) int bs[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(bs), base);
-  for (int r = 0; r < 4; ++r) load_x_pairs(data, bs, off[r], c[2 * r], c[2 * r + 1]);
+  for (int r = 0; r < 4; ++r) load_x_pairs(data, bs, o[2 * r], c[2 * r], c[2 * r + 1]);
 }
 
 #ifdef __AVX512DQ__
@@ -171,14 +171,13 @@ inline void axis_interior(F16 u, float inv_voxel, __m512i& i0, F16& t, F16& m) {
 // As load_corners for F8, with two hardware gathers of eight 64-bit (x0, x1) pairs per row
 // (they keep Intel's single shuffle port free); two-source permutes collect the x0 and the
 // x1 floats of all 16 lanes.
-inline void load_corners(const float* data, __m512i base, int oy, int oz, F16 c[8]) {
-  const int off[4] = {0, oy, oz, oy + oz};
+inline void load_corners(const float* data, __m512i base, const int o[8], F16 c[8]) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   const __m256i lo = _mm512_castsi512_si256(base), hi = _mm512_extracti64x4_epi64(base, 1);
   for (int r = 0; r < 4; ++r) {
-    const __m512 a = _mm512_castpd_ps(_mm512_i32gather_pd(lo, data + off[r], 4));
-    const __m512 b = _mm512_castpd_ps(_mm512_i32gather_pd(hi, data + off[r], 4));
+    const __m512 a = _mm512_castpd_ps(_mm512_i32gather_pd(lo, data + o[2 * r], 4));
+    const __m512 b = _mm512_castpd_ps(_mm512_i32gather_pd(hi, data + o[2 * r], 4));
     c[2 * r] = _mm512_permutex2var_ps(a, even, b);
     c[2 * r + 1] = _mm512_permutex2var_ps(a, odd, b);
   }
@@ -224,9 +223,11 @@ inline bool sphere_inside(const VolumeView<float>& v, const float R[9], const fl
                           const float c[3], float r) {
   const float o[3] = {v.ox, v.oy, v.oz}, iv[3] = {v.ivx, v.ivy, v.ivz};
   const int n[3] = {v.nx, v.ny, v.nz};
+  const Point<float> pc = move_point(R, t, c);
+  const float p[3] = {pc.x, pc.y, pc.z};
   bool inside = true;
   for (int d = 0; d < 3; ++d) {
-    const float u = (R[3 * d] * c[0] + R[3 * d + 1] * c[1] + R[3 * d + 2] * c[2] + t[d] - o[d]) * iv[d];
+    const float u = (p[d] - o[d]) * iv[d];
     inside &= (u - r * iv[d] >= 0.01f) & (u + r * iv[d] <= float(n[d] - 1) - 0.01f);
   }
   return inside;
@@ -237,23 +238,25 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
   using V = Vec;
   constexpr int L = kLanes;
   const VolumeView<float>& v = a.vol;
-  float u[4], R[9];
-  const float qn = quat_to_matrix(a.place.quat + 4 * p, u, R);
-  const float* t = a.place.trans + 3 * p;
-  const int64_t m = a.place.mol_idx[p];
-  const int64_t n = a.offsets[m + 1] - a.offsets[m];
+  const Placed<float> pl = resolve_placement(a.place, a.offsets, a.n_mol, p);
+  const float* R = pl.R;
+  const float* t = pl.t;
+  const int64_t m = pl.m, n = pl.end - pl.begin;
   const int sy = v.nx, sz = v.nx * v.ny;
+  // A one-voxel x axis has no x1 corner: read x0 twice through a scalar fallback.
+  const bool x_pairs = v.nx > 1;
   // Corner offsets are constant: a one-voxel axis reads the same voxel twice.
-  const int oy = v.ny > 1 ? sy : 0, oz = v.nz > 1 ? sz : 0;
-  // Fractional index u = (R x + t - origin) / voxel: rows of R scaled by 1 / voxel.
+  int o[8];
+  corner_offsets(x_pairs ? 1 : 0, v.ny > 1 ? sy : 0, v.nz > 1 ? sz : 0, o);
+  // Fractional index u = (R x + t - origin) / voxel, with the rows of R scaled by 1 / voxel
+  // and fused multiply-adds: fewer operations than move_point followed by the scaling, so
+  // not move_point's rounding (the results agree with the scalar kernels to float rounding).
   const V R0(R[0] * v.ivx), R1(R[1] * v.ivx), R2(R[2] * v.ivx);
   const V R3(R[3] * v.ivy), R4(R[4] * v.ivy), R5(R[5] * v.ivy);
   const V R6(R[6] * v.ivz), R7(R[7] * v.ivz), R8(R[8] * v.ivz);
   const V Tx((t[0] - v.ox) * v.ivx), Ty((t[1] - v.oy) * v.ivy), Tz((t[2] - v.oz) * v.ivz);
   const typename V::I SY = V::set1_i(sy), SZ = V::set1_i(sz);
   const float* data = v.data;
-  // A one-voxel x axis has no x1 corner: read x0 twice through a scalar fallback.
-  const bool x_pairs = v.nx > 1;
   SumD acc[13];
   const int64_t s0 = atoms.start[m], n_vec = (n + L - 1) / L;
   // Blocks of kBlockVec vectors in two passes: pass 1 samples (value and spatial gradient
@@ -288,15 +291,14 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
       const typename V::I base = cell_index(xi, yi, zi, SY, SZ);
       V c[8];  // c[x + 2 y + 4 z]
       if (x_pairs) {
-        load_corners(data, base, oy, oz, c);
-      } else {
+        load_corners(data, base, o, c);
+      } else {  // o[2 r + 1] == o[2 r]: one load per pair
         alignas(64) int bs[L];
         std::memcpy(bs, &base, sizeof(bs));
-        const int off[4] = {0, oy, oz, oy + oz};
-        for (int q = 0; q < 4; ++q) {
-          alignas(64) float cq[L];
-          for (int k = 0; k < L; ++k) cq[k] = data[bs[k] + off[q]];
-          c[2 * q] = c[2 * q + 1] = V::load(cq);
+        for (int r = 0; r < 4; ++r) {
+          alignas(64) float cr[L];
+          for (int k = 0; k < L; ++k) cr[k] = data[bs[k] + o[2 * r]];
+          c[2 * r] = c[2 * r + 1] = V::load(cr);
         }
       }
       V dtx, dty, dtz;
@@ -333,7 +335,7 @@ inline void score_placement_c1(const ScoreArgs<float>& a, const PaddedAtoms& ato
   out.s = w0 * acc[0].total();
   for (int k = 0; k < 3; ++k) out.g[k] = w0 * acc[1 + k].total();
   for (int k = 0; k < 9; ++k) out.G[k] = w0 * acc[4 + k].total();
-  score_finish(out, n, u, qn, a.score + p, a.grad_q + 4 * p, a.grad_t + 3 * p);
+  score_finish(out, n, pl.u, pl.qnorm, a.score + p, a.grad_q + 4 * p, a.grad_t + 3 * p);
 }
 
 }  // namespace simd

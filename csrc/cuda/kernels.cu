@@ -1,5 +1,5 @@
-// CUDA backend: the same per-point math as the CPU backend (difffit/math.h), looped and
-// reduced the GPU way.
+// CUDA backend: the per-point math of difffit/math.h, each thread's share of a placement
+// as in kernels.h (score_share / stats_share), looped and reduced the GPU way.
 //
 // Score and point statistics: a "team" of TEAM warps (TEAM in {1, 2, 4, 8}) handles one
 // placement; a block of 256 threads (8 warps) handles 8 / TEAM placements. The team's
@@ -15,16 +15,18 @@
 // Splatting: one warp per atom; the lanes walk the atom's voxel box (flattened, x fastest,
 // so the atomicAdds of a warp hit neighbouring addresses) and atomically add into the grid.
 // The inclusion rule and the arithmetic are the CPU's: boxes along x and y from
-// splat_range, r2 = dx^2 + (dy^2 + dz^2) with d = origin + index * voxel - p, and r2 <=
-// radius^2. The CPU walks every z plane and keeps those with dz^2 <= radius^2; here the z
+// splat_range, r2 = dx^2 + (dy^2 + dz^2) with d = splat_delta(...), and SplatGaussian
+// (math.h). The CPU walks every z plane and keeps those with dz^2 <= radius^2; here the z
 // range comes from splat_range widened by one plane each side (a plane outside that range
 // is more than radius away whatever the rounding), and r2 <= radius^2 implies the CPU's
 // dz^2 and dy^2 + dz^2 tests because adding non-negative floats never decreases a sum.
 //
 // Compiled without --use_fast_math and with --fmad=false (CMakeLists.txt), so each point's
-// arithmetic rounds exactly as on the CPU (x86-64 does not contract to FMA by default):
-// the CPU and CUDA results then differ only by the order of the final sums (and, in
-// splatting, the last bit of exp). These kernels are bound by the scattered volume reads,
+// arithmetic rounds exactly as in the CPU's baseline build and in its per-point test path
+// (csrc/cpu/pointwise.cpp), which have no FMA instructions to contract to: their results
+// differ from these only by the order of the final sums (and, in splatting, the last bit
+// of exp). The AVX2 / AVX-512 CPU builds let GCC contract a * b + c to FMA, so they can
+// differ in the last bits as well. These kernels are bound by the scattered volume reads,
 // not by arithmetic, so fast-math or FMA contraction would buy little.
 #include <cuda_runtime.h>
 
@@ -140,19 +142,8 @@ __global__ void __launch_bounds__(kBlock) score_kernel(const ScoreArgs<T> a) {
   const bool active = p < a.place.n_place;
 
   ScoreAcc<T> acc;
-  int64_t begin = 0, end = 0;
-  if (active) {
-    T u[4], R[9];
-    quat_to_matrix(a.place.quat + 4 * p, u, R);
-    const T* t = a.place.trans + 3 * p;
-    const int64_t m = a.place.mol_idx[p];
-    if (m >= 0 && m < a.n_mol) {  // Python validates mol_idx; never read out of bounds
-      begin = a.offsets[m];
-      end = a.offsets[m + 1];
-    }
-    for (int64_t i = begin + rank; i < end; i += TEAM * kWarp)
-      score_point(a.vol, w, R, t, a.points + 3 * i, acc);
-  }
+  int64_t n = 0;
+  if (active) n = score_share(a, w, p, rank, TEAM * kWarp, acc);
 
   T v[kScoreN];
   v[0] = acc.s;
@@ -163,18 +154,15 @@ __global__ void __launch_bounds__(kBlock) score_kernel(const ScoreArgs<T> a) {
   team_reduce<T, kScoreN, TEAM>(v, part);
 
   if (active && rank == 0) {
-    // The normalised quaternion again (cheaper than keeping it live through the loop).
-    T u[4], R[9];
-    const T qn = quat_to_matrix(a.place.quat + 4 * p, u, R);
     ScoreAcc<T> tot;
     tot.s = v[0];
 #pragma unroll
     for (int k = 0; k < 3; ++k) tot.g[k] = v[1 + k];
 #pragma unroll
     for (int k = 0; k < 9; ++k) tot.G[k] = v[4 + k];
-    // end - begin == 0 only for an invalid mol_idx (empty molecules are rejected in
-    // Python): score_finish then writes NaNs, never crashes.
-    score_finish(tot, end - begin, u, qn, a.score + p, a.grad_q + 4 * p, a.grad_t + 3 * p);
+    // score_write computes the normalised quaternion again (cheaper than keeping it live
+    // through the loop).
+    score_write(a, p, tot, n);
   }
 }
 
@@ -188,19 +176,7 @@ __global__ void __launch_bounds__(kBlock) stats_kernel(const StatsArgs<T> a) {
   const bool active = p < a.place.n_place;
 
   StatsAcc<T> acc;
-  if (active) {
-    T u[4], R[9];
-    quat_to_matrix(a.place.quat + 4 * p, u, R);
-    const T* t = a.place.trans + 3 * p;
-    const int64_t m = a.place.mol_idx[p];
-    int64_t begin = 0, end = 0;
-    if (m >= 0 && m < a.n_mol) {
-      begin = a.offsets[m];
-      end = a.offsets[m + 1];
-    }
-    for (int64_t i = begin + rank; i < end; i += TEAM * kWarp)
-      stats_point(a.vol, a.channel, a.threshold, R, t, a.points + 3 * i, a.point_weights[i], acc);
-  }
+  if (active) stats_share(a, p, rank, TEAM * kWarp, acc);
 
   T v[kNumStats];
 #pragma unroll
@@ -219,15 +195,13 @@ __global__ void __launch_bounds__(kBlock) splat_kernel(const SplatArgs<T> a) {
   const int lane = threadIdx.x % kWarp;
   if (i >= a.n_points) return;  // warp-uniform; this kernel never synchronises
 
-  const T radius = a.cutoff * a.sigma;
-  const T r2max = radius * radius;
-  const T inv2s2 = T(1) / (T(2) * a.sigma * a.sigma);
+  const SplatGaussian<T> gauss(a.sigma, a.cutoff);
   const T px = a.points[3 * i], py = a.points[3 * i + 1], pz = a.points[3 * i + 2];
 
   int x_lo, x_hi, y_lo, y_hi, z_lo, z_hi;
-  splat_range(px, a.ox, a.vx, radius, a.nx, x_lo, x_hi);
-  splat_range(py, a.oy, a.vy, radius, a.ny, y_lo, y_hi);
-  splat_range(pz, a.oz, a.vz, radius, a.nz, z_lo, z_hi);
+  splat_range(px, a.ox, a.vx, gauss.radius, a.nx, x_lo, x_hi);
+  splat_range(py, a.oy, a.vy, gauss.radius, a.ny, y_lo, y_hi);
+  splat_range(pz, a.oz, a.vz, gauss.radius, a.nz, z_lo, z_hi);
   // Widen z by one plane each side: the r2 test below decides, as the CPU's dz test does.
   z_lo = z_lo - 1 < 0 ? 0 : z_lo - 1;
   z_hi = z_hi + 1 > a.nz - 1 ? a.nz - 1 : z_hi + 1;
@@ -242,14 +216,13 @@ __global__ void __launch_bounds__(kBlock) splat_kernel(const SplatArgs<T> a) {
     const int64_t row = k / bx;
     const int y = y_lo + static_cast<int>(row % by);
     const int z = z_lo + static_cast<int>(row / by);
-    // Same expressions, in the same order, as splat_cpu.
-    const T wz = a.oz + z * a.vz;
-    const T dz = wz - pz;
-    const T dy = a.oy + y * a.vy - py;
+    // The same expressions, in the same order, as splat_cpu.
+    const T dz = splat_delta(a.oz, z, a.vz, pz);
+    const T dy = splat_delta(a.oy, y, a.vy, py);
     const T dyz = dy * dy + dz * dz;
-    const T dx = a.ox + x * a.vx - px;
-    const T r2 = dx * dx + dyz;
-    if (r2 <= r2max) atomicAdd(a.grid + (z * nxy + y * nx + x), amp * exp(-r2 * inv2s2));
+    const T dx = splat_delta(a.ox, x, a.vx, px);
+    T val;
+    if (gauss.value(amp, dx * dx + dyz, val)) atomicAdd(a.grid + (z * nxy + y * nx + x), val);
   }
 }
 

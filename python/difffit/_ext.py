@@ -24,8 +24,11 @@ def build_info() -> dict[str, Any]:
 
     Returns:
         dict with keys ``cuda`` (bool: CUDA kernels compiled), ``cuda_version``,
-        ``cuda_architectures``, ``openmp`` (bool), ``openmp_version``, ``compiler``, plus
-        ``cuda_available`` (a CUDA device is usable by torch now) and ``version``.
+        ``cuda_architectures`` (comma-separated), ``openmp`` (bool), ``openmp_version``,
+        ``compiler``, ``cpu_variant`` (the CPU kernels in use: ``avx512``, ``avx2`` or
+        ``baseline``), the kernels' constants ``num_stats`` (columns of
+        :func:`difffit.ops.point_stats`) and ``max_channels`` (most channels of a volume),
+        plus ``cuda_available`` (a CUDA device is usable by torch now) and ``version``.
     """
     from . import __version__
 

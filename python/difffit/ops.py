@@ -25,6 +25,7 @@ dispatcher (no tracing, no tensor subclass; :func:`_direct`), with an equivalent
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -35,10 +36,35 @@ from torch import Tensor
 from ._ext import load
 from .errors import DifffitInputError
 
-NUM_STATS = 6
+# Columns of point_stats, in the kernels' order (csrc/include/difffit/math.h). NUM_STATS (their
+# number) and MAX_CHANNELS (most channels of a volume) come from the compiled module on first
+# use, so that importing this module does not need it.
 STAT_NAMES = ("sum_w", "sum_ww", "sum_d", "sum_dd", "sum_wd", "n_inside")
 
 _FLOATS = (torch.float32, torch.float64)
+
+# Device codes of the compiled module (csrc/bindings.cpp). _CPU_POINTWISE runs the CUDA
+# kernels' per-point code on the CPU, for tests only.
+_CPU, _CUDA, _CPU_POINTWISE = 0, 1, 2
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_constants() -> tuple[int, int]:
+    """(NUM_STATS, MAX_CHANNELS) as compiled into the kernels (kNumStats, kMaxChannels)."""
+    info = load().build_info()
+    num_stats, max_channels = int(info["num_stats"]), int(info["max_channels"])
+    if num_stats != len(STAT_NAMES):
+        raise RuntimeError(f"difffit's compiled kernels write {num_stats} point statistics but this "
+                           f"difffit names {len(STAT_NAMES)}: rebuild the extension")
+    return num_stats, max_channels
+
+
+def __getattr__(name: str):
+    if name == "NUM_STATS":
+        return _kernel_constants()[0]
+    if name == "MAX_CHANNELS":
+        return _kernel_constants()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -76,8 +102,9 @@ def _check_volume(volume: Tensor) -> None:
         raise DifffitInputError(f"volume must be float32 or float64, got {volume.dtype}")
     if volume.dim() != 4 or min(volume.shape) < 1:
         raise DifffitInputError(f"volume must have shape [D, H, W, C] with every size >= 1, got {list(volume.shape)}")
-    if volume.shape[3] > 64:
-        raise DifffitInputError(f"volume has {volume.shape[3]} channels; at most 64 are supported")
+    max_channels = _kernel_constants()[1]
+    if volume.shape[3] > max_channels:
+        raise DifffitInputError(f"volume has {volume.shape[3]} channels; at most {max_channels} are supported")
     if not volume.is_contiguous():
         raise DifffitInputError("volume must be contiguous [D, H, W, C] (channels last; call .contiguous())")
     if volume.device.type not in ("cpu", "cuda"):
@@ -125,11 +152,12 @@ def _frame(origin: Sequence[float], voxel_size: Sequence[float]) -> list[float]:
     return frame
 
 
-def _device_args(t: Tensor) -> tuple[int, int]:
-    """(device code, stream address) for the compiled module."""
+def _device_args(t: Tensor, pointwise: bool = False) -> tuple[int, int]:
+    """(device code, stream address) for the compiled module. pointwise: on the CPU, run the
+    CUDA kernels' per-point code instead of the CPU kernels (tests only)."""
     if t.device.type == "cuda":
-        return 1, torch.cuda.current_stream(t.device).cuda_stream
-    return 0, 0
+        return _CUDA, torch.cuda.current_stream(t.device).cuda_stream
+    return (_CPU_POINTWISE if pointwise else _CPU), 0
 
 
 def _suffix(dtype) -> str:
@@ -168,6 +196,12 @@ def _channel_sum(volume: Tensor, weights: Tensor) -> Tensor:
 def _score_impl(volume: Tensor, weights: Tensor, frame: list[float], points: Tensor,
                 offsets: Tensor, quat: Tensor, trans: Tensor,
                 mol_idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return _run_score(volume, weights, frame, points, offsets, quat, trans, mol_idx)
+
+
+def _run_score(volume, weights, frame, points, offsets, quat, trans, mol_idx,
+               pointwise: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """_score_impl; pointwise as in _device_args."""
     _check_volume(volume)
     dtype, device = volume.dtype, volume.device
     _check_tensor("weights", weights, dtype, device, (volume.shape[3],))
@@ -188,7 +222,7 @@ def _score_impl(volume: Tensor, weights: Tensor, frame: list[float], points: Ten
     score = torch.empty(P, dtype=dtype, device=device)
     grad_q = torch.empty(P, 4, dtype=dtype, device=device)
     grad_t = torch.empty(P, 3, dtype=dtype, device=device)
-    dev, stream = _device_args(volume)
+    dev, stream = _device_args(volume, pointwise)
     with _DeviceGuard(volume):
         getattr(load(), "score_" + _suffix(dtype))(
             dev, volume.data_ptr(), list(volume.shape), frame[:3], frame[3:], weights.data_ptr(),
@@ -230,6 +264,13 @@ _score_op.register_autograd(_score_backward, setup_context=_score_setup)
 def _stats_impl(volume: Tensor, frame: list[float], points: Tensor, point_weights: Tensor,
                 offsets: Tensor, quat: Tensor, trans: Tensor, mol_idx: Tensor, channel: int,
                 threshold: float) -> Tensor:
+    return _run_stats(volume, frame, points, point_weights, offsets, quat, trans, mol_idx,
+                      channel, threshold)
+
+
+def _run_stats(volume, frame, points, point_weights, offsets, quat, trans, mol_idx, channel,
+               threshold, pointwise: bool = False) -> Tensor:
+    """_stats_impl; pointwise as in _device_args."""
     _check_volume(volume)
     dtype, device = volume.dtype, volume.device
     _check_frame("point_stats", frame)
@@ -238,8 +279,8 @@ def _stats_impl(volume: Tensor, frame: list[float], points: Tensor, point_weight
     if not 0 <= channel < volume.shape[3]:
         raise DifffitInputError(f"channel must lie in [0, {volume.shape[3] - 1}], got {channel}")
     P = quat.shape[0]
-    stats = torch.empty(P, NUM_STATS, dtype=dtype, device=device)
-    dev, stream = _device_args(volume)
+    stats = torch.empty(P, _kernel_constants()[0], dtype=dtype, device=device)
+    dev, stream = _device_args(volume, pointwise)
     with _DeviceGuard(volume):
         getattr(load(), "stats_" + _suffix(dtype))(
             dev, volume.data_ptr(), list(volume.shape), frame[:3], frame[3:], channel,
@@ -254,7 +295,7 @@ _stats_op = torch.library.custom_op("difffit::point_stats", _stats_impl, mutates
 
 @_stats_op.register_fake
 def _(volume, frame, points, point_weights, offsets, quat, trans, mol_idx, channel, threshold):
-    return quat.new_empty(quat.shape[0], NUM_STATS)
+    return quat.new_empty(quat.shape[0], _kernel_constants()[0])
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 // Arguments and entry points of difffit's kernels. The CPU versions live in
 // csrc/cpu/kernels_cpu.cpp, the CUDA versions in csrc/cuda/kernels.cu; both take the same
 // argument structs, hold raw pointers only, and allocate nothing: the caller (Python, via
-// csrc/bindings.cpp) allocates every output and checks shapes, dtypes and devices.
+// csrc/bindings.cpp) allocates every output and checks shapes, dtypes and devices. Also the
+// per-placement code the backends share (resolve_placement, and the CUDA kernels' per-thread
+// loops score_share / stats_share).
 #pragma once
 
 #include <cstdint>
@@ -19,6 +21,29 @@ struct Placements {
   const int64_t* mol_idx;  // [P]
   int64_t n_place;
 };
+
+// Placement p resolved: the rotation R of the normalised quaternion u (qnorm = |q|, for the
+// gradient), the translation t, and its molecule m with the points [begin, end). An invalid
+// mol_idx (Python rejects it before) gives no points rather than an out-of-bounds read.
+template <typename T>
+struct Placed {
+  T u[4], R[9], qnorm;
+  const T* t;
+  int64_t m, begin, end;
+};
+
+template <typename T>
+DF_HD Placed<T> resolve_placement(const Placements<T>& pl, const int64_t* offsets, int64_t n_mol,
+                                  int64_t p) {
+  Placed<T> r;
+  r.qnorm = quat_to_matrix(pl.quat + 4 * p, r.u, r.R);
+  r.t = pl.trans + 3 * p;
+  r.m = pl.mol_idx[p];
+  const bool valid = r.m >= 0 && r.m < n_mol;
+  r.begin = valid ? offsets[r.m] : 0;
+  r.end = valid ? offsets[r.m + 1] : 0;
+  return r;
+}
 
 template <typename T>
 struct ScoreArgs {
@@ -59,6 +84,37 @@ struct SplatArgs {
   T vx, vy, vz;             // voxel size
 };
 
+// One thread's share of placement p in the CUDA kernels: the sums over the points rank,
+// rank + stride, ... of its molecule. The kernels call it with the thread's index within its
+// team and the team's size and then reduce over the team; score_pointwise_cpu and
+// stats_pointwise_cpu call it with (0, 1), so CPU-only test runs execute this code too.
+// score_share returns the molecule's number of points (0 for an invalid mol_idx).
+template <typename T, typename A>
+DF_HD int64_t score_share(const ScoreArgs<T>& a, const T* w, int64_t p, int64_t rank,
+                          int64_t stride, ScoreAcc<A>& acc) {
+  const Placed<T> pl = resolve_placement(a.place, a.offsets, a.n_mol, p);
+  for (int64_t i = pl.begin + rank; i < pl.end; i += stride)
+    score_point(a.vol, w, pl.R, pl.t, a.points + 3 * i, acc);
+  return pl.end - pl.begin;
+}
+
+// The score and gradients of placement p from its sums over n points. n == 0 (an invalid
+// mol_idx; Python rejects empty molecules) writes NaNs, never crashes.
+template <typename T, typename A>
+DF_HD void score_write(const ScoreArgs<T>& a, int64_t p, const ScoreAcc<A>& acc, int64_t n) {
+  T u[4], R[9];
+  const T qn = quat_to_matrix(a.place.quat + 4 * p, u, R);
+  score_finish(acc, n, u, qn, a.score + p, a.grad_q + 4 * p, a.grad_t + 3 * p);
+}
+
+template <typename T, typename A>
+DF_HD void stats_share(const StatsArgs<T>& a, int64_t p, int64_t rank, int64_t stride,
+                       StatsAcc<A>& acc) {
+  const Placed<T> pl = resolve_placement(a.place, a.offsets, a.n_mol, p);
+  for (int64_t i = pl.begin + rank; i < pl.end; i += stride)
+    stats_point(a.vol, a.channel, a.threshold, pl.R, pl.t, a.points + 3 * i, a.point_weights[i], acc);
+}
+
 // CPU entry points; they dispatch at run time to the fastest compiled variant.
 template <typename T> void score_cpu(const ScoreArgs<T>& a);
 template <typename T> void stats_cpu(const StatsArgs<T>& a);
@@ -67,6 +123,11 @@ template <typename T> void splat_cpu(const SplatArgs<T>& a);
 template <typename T> void channel_sum_cpu(const T* vol, int64_t n_voxels, int nc, const T* w, T* out);
 // Name of the CPU variant in use ("avx512", "avx2" or "baseline").
 const char* cpu_variant();
+// For tests only: the CUDA kernels' per-placement code (score_share / stats_share above,
+// hence math.h's per-point functions) run serially on the CPU, one placement after another
+// (csrc/cpu/pointwise.cpp). The CPU kernels above loop differently and are far faster.
+template <typename T> void score_pointwise_cpu(const ScoreArgs<T>& a);
+template <typename T> void stats_pointwise_cpu(const StatsArgs<T>& a);
 
 // Explicit float and double instantiations of the three CPU entry points, written in the
 // dispatcher's namespace and in each variant's.

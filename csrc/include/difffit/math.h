@@ -1,6 +1,18 @@
-// Shared math of difffit's kernels: one copy, compiled for the CPU (OpenMP loops in
-// csrc/cpu) and the GPU (CUDA kernels in csrc/cuda). Both backends differ only in how
-// they loop and reduce, so the CPU tests cover the arithmetic the GPU runs.
+// Shared math of difffit's kernels: one copy, compiled for the CPU (csrc/cpu) and the GPU
+// (csrc/cuda). The backends loop differently:
+//  * The CUDA kernels run the per-point functions below (score_point, stats_point and the
+//    samplers sample_weighted_grad / sample_channel under them) once per thread and point.
+//  * The CPU kernels process blocks of points (csrc/cpu/kernels_cpu.cpp) with math.h's
+//    quat_to_matrix, move_point, axis_lookup, corner_offsets, trilinear_corners /
+//    trilinear_value and score_finish, but not the per-point functions; the float32
+//    one-channel vector kernel (csrc/cpu/score_avx2.h) has its own vector forms of
+//    move_point and axis_lookup.
+//  * Splatting: both use splat_range, splat_delta and SplatGaussian.
+// So that CPU-only test runs also check the per-point functions, score_pointwise_cpu and
+// stats_pointwise_cpu (csrc/cpu/pointwise.cpp) run the CUDA kernels' per-placement code
+// (score_share / stats_share in kernels.h) serially on the CPU; tests/test_ops.py compares
+// them with the reference. Only a GPU test run checks the CUDA kernels' own loops and
+// reductions (teams of warps, shuffles, the splat box walk, atomics) and nvcc's code.
 //
 // Conventions (see README "Conventions"):
 //  * World coordinates in Angstrom, (x, y, z).
@@ -19,8 +31,16 @@
 #include <cmath>
 #include <cstdint>
 
+// Always inlined, on the host too. An out-of-line copy would be a weak symbol that the
+// linker keeps once for all the CPU builds (baseline, AVX2, AVX-512: csrc/cpu/dispatch.cpp),
+// so one build would run another's code; and which a * b + c GCC contracts to FMA in the
+// AVX2 / AVX-512 builds would depend on its inlining heuristics, i.e. on unrelated edits.
 #if defined(__CUDACC__)
 #define DF_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define DF_HD inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define DF_HD __forceinline
 #else
 #define DF_HD inline
 #endif
@@ -80,6 +100,22 @@ DF_HD void quat_matrix_vjp(const T* u, T n, const T* G, T* gq) {
   gq[3] = (gz - z * dot) * inv;
 }
 
+// A point in world coordinates.
+template <typename T>
+struct Point {
+  T x, y, z;
+};
+
+// The placement (R, t) applied to centred point x: p = R x + t (R row-major), summed in
+// this order by every backend that moves points one at a time. Returned by value, not
+// through references: GCC then vectorises the CPU's loops over points as fully.
+template <typename T>
+DF_HD Point<T> move_point(const T* R, const T* t, const T* x) {
+  return {R[0] * x[0] + R[1] * x[1] + R[2] * x[2] + t[0],
+          R[3] * x[0] + R[4] * x[1] + R[5] * x[2] + t[1],
+          R[6] * x[0] + R[7] * x[1] + R[8] * x[2] + t[2]};
+}
+
 // ---------------------------------------------------------------------------------------
 // Trilinear interpolation
 
@@ -99,6 +135,38 @@ DF_HD void axis_lookup(T u, int n, int& i0, int& i1, T& t, bool& inside) {
   i0 = i;
   i1 = i + 1 < n ? i + 1 : n - 1;
   t = uc - T(i);
+}
+
+// Offsets of the 8 corners c[x + 2 y + 4 z] of a trilinear cell from its lower corner,
+// given the offsets dx, dy, dz of its x + 1, y + 1 and z + 1 neighbours (0 along a
+// one-voxel axis, whose two corners are the same voxel). Any unit: voxels or values.
+template <typename I>
+DF_HD void corner_offsets(I dx, I dy, I dz, I* o) {
+  o[0] = 0;  o[1] = dx;      o[2] = dy;      o[3] = dx + dy;
+  o[4] = dz; o[5] = dx + dz; o[6] = dy + dz; o[7] = dx + dy + dz;
+}
+
+// Where world point p falls in the grid of v: the voxel index of the lower corner of its
+// cell and the offsets of the cell's 8 corners c[x + 2 y + 4 z] from it, the fractions along
+// x, y, z, and whether p lies inside the grid along each axis. (32-bit offsets: the bindings
+// reject volumes of 2^31 values or more.)
+template <typename T>
+struct Cell {
+  int64_t base;
+  int offset[8];
+  T t[3];
+  bool inside[3];
+};
+
+template <typename T>
+DF_HD void locate_cell(const VolumeView<T>& v, T px, T py, T pz, Cell<T>& cell) {
+  int x0, x1, y0, y1, z0, z1;
+  axis_lookup((px - v.ox) * v.ivx, v.nx, x0, x1, cell.t[0], cell.inside[0]);
+  axis_lookup((py - v.oy) * v.ivy, v.ny, y0, y1, cell.t[1], cell.inside[1]);
+  axis_lookup((pz - v.oz) * v.ivz, v.nz, z0, z1, cell.t[2], cell.inside[2]);
+  const int nxy = v.nx * v.ny;
+  cell.base = int64_t(z0) * nxy + int64_t(y0) * v.nx + x0;
+  corner_offsets(x1 - x0, (y1 - y0) * v.nx, (z1 - z0) * nxy, cell.offset);
 }
 
 // Channel-weighted value of one voxel: sum_c w[c] * V[voxel, c].
@@ -130,25 +198,21 @@ DF_HD T trilinear_corners(const T* c, T tx, T ty, T tz, T& dtx, T& dty, T& dtz) 
 // (world units, i.e. per Angstrom). Returns the value, writes the gradient to g.
 template <typename T>
 DF_HD T sample_weighted_grad(const VolumeView<T>& v, const T* w, T px, T py, T pz, T* g) {
-  int x0, x1, y0, y1, z0, z1;
-  T tx, ty, tz;
-  bool inx, iny, inz;
-  axis_lookup((px - v.ox) * v.ivx, v.nx, x0, x1, tx, inx);
-  axis_lookup((py - v.oy) * v.ivy, v.ny, y0, y1, ty, iny);
-  axis_lookup((pz - v.oz) * v.ivz, v.nz, z0, z1, tz, inz);
-  const int64_t nx = v.nx, nxy = int64_t(v.nx) * v.ny;
-  const int64_t r00 = z0 * nxy + y0 * nx, r10 = z0 * nxy + y1 * nx;
-  const int64_t r01 = z1 * nxy + y0 * nx, r11 = z1 * nxy + y1 * nx;
-  // c<x><y><z>
-  const T c[8] = {weighted_voxel(v, w, r00 + x0), weighted_voxel(v, w, r00 + x1),
-                  weighted_voxel(v, w, r10 + x0), weighted_voxel(v, w, r10 + x1),
-                  weighted_voxel(v, w, r01 + x0), weighted_voxel(v, w, r01 + x1),
-                  weighted_voxel(v, w, r11 + x0), weighted_voxel(v, w, r11 + x1)};
+  Cell<T> cell;
+  locate_cell(v, px, py, pz, cell);
+  // Written out, not as a loop: nvcc then keeps the float32 score kernel within 64
+  // registers without spilling.
+  const int64_t b = cell.base;
+  const int* o = cell.offset;
+  const T c[8] = {weighted_voxel(v, w, b + o[0]), weighted_voxel(v, w, b + o[1]),
+                  weighted_voxel(v, w, b + o[2]), weighted_voxel(v, w, b + o[3]),
+                  weighted_voxel(v, w, b + o[4]), weighted_voxel(v, w, b + o[5]),
+                  weighted_voxel(v, w, b + o[6]), weighted_voxel(v, w, b + o[7])};
   T dtx, dty, dtz;
-  const T val = trilinear_corners(c, tx, ty, tz, dtx, dty, dtz);
-  g[0] = inx ? dtx * v.ivx : T(0);
-  g[1] = iny ? dty * v.ivy : T(0);
-  g[2] = inz ? dtz * v.ivz : T(0);
+  const T val = trilinear_corners(c, cell.t[0], cell.t[1], cell.t[2], dtx, dty, dtz);
+  g[0] = cell.inside[0] ? dtx * v.ivx : T(0);
+  g[1] = cell.inside[1] ? dty * v.ivy : T(0);
+  g[2] = cell.inside[2] ? dtz * v.ivz : T(0);
   return val;
 }
 
@@ -165,18 +229,12 @@ DF_HD T trilinear_value(const T* c, T tx, T ty, T tz) {
 // Trilinear sample of one channel at world point p (value only).
 template <typename T>
 DF_HD T sample_channel(const VolumeView<T>& v, int channel, T px, T py, T pz) {
-  int x0, x1, y0, y1, z0, z1;
-  T tx, ty, tz;
-  bool in;
-  axis_lookup((px - v.ox) * v.ivx, v.nx, x0, x1, tx, in);
-  axis_lookup((py - v.oy) * v.ivy, v.ny, y0, y1, ty, in);
-  axis_lookup((pz - v.oz) * v.ivz, v.nz, z0, z1, tz, in);
-  const int64_t nx = v.nx, nxy = int64_t(v.nx) * v.ny, nc = v.nc;
+  Cell<T> cell;
+  locate_cell(v, px, py, pz, cell);
   const T* d = v.data + channel;
-  auto at = [&](int x, int y, int z) { return d[((int64_t)z * nxy + (int64_t)y * nx + x) * nc]; };
-  const T c[8] = {at(x0, y0, z0), at(x1, y0, z0), at(x0, y1, z0), at(x1, y1, z0),
-                  at(x0, y0, z1), at(x1, y0, z1), at(x0, y1, z1), at(x1, y1, z1)};
-  return trilinear_value(c, tx, ty, tz);
+  T c[8];
+  for (int j = 0; j < 8; ++j) c[j] = d[(cell.base + cell.offset[j]) * v.nc];
+  return trilinear_value(c, cell.t[0], cell.t[1], cell.t[2]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -200,11 +258,9 @@ struct ScoreAcc {
 template <typename T, typename A>
 DF_HD void score_point(const VolumeView<T>& v, const T* w, const T* R, const T* t, const T* x,
                        ScoreAcc<A>& acc) {
-  const T px = R[0] * x[0] + R[1] * x[1] + R[2] * x[2] + t[0];
-  const T py = R[3] * x[0] + R[4] * x[1] + R[5] * x[2] + t[1];
-  const T pz = R[6] * x[0] + R[7] * x[1] + R[8] * x[2] + t[2];
+  const Point<T> p = move_point(R, t, x);
   T g[3];
-  const T val = sample_weighted_grad(v, w, px, py, pz, g);
+  const T val = sample_weighted_grad(v, w, p.x, p.y, p.z, g);
   acc.s += val;
   for (int a = 0; a < 3; ++a) {
     acc.g[a] += g[a];
@@ -237,10 +293,8 @@ struct StatsAcc {
 template <typename T, typename A>
 DF_HD void stats_point(const VolumeView<T>& v, int channel, T threshold, const T* R, const T* t,
                        const T* x, T weight, StatsAcc<A>& acc) {
-  const T px = R[0] * x[0] + R[1] * x[1] + R[2] * x[2] + t[0];
-  const T py = R[3] * x[0] + R[4] * x[1] + R[5] * x[2] + t[1];
-  const T pz = R[6] * x[0] + R[7] * x[1] + R[8] * x[2] + t[2];
-  const A d = A(sample_channel(v, channel, px, py, pz));
+  const Point<T> p = move_point(R, t, x);
+  const A d = A(sample_channel(v, channel, p.x, p.y, p.z));
   const A wt = A(weight);
   acc.v[0] += wt;
   acc.v[1] += wt * wt;
@@ -250,8 +304,35 @@ DF_HD void stats_point(const VolumeView<T>& v, int channel, T threshold, const T
   acc.v[5] += d > A(threshold) ? A(1) : A(0);
 }
 
-// Gaussian splatting: the index box [lo, hi] of voxels within `radius` of world point p
-// along one axis (empty when lo > hi).
+// ---------------------------------------------------------------------------------------
+// Gaussian splatting
+
+// An atom of amplitude amp adds amp * exp(-r^2 / (2 sigma^2)) to every voxel within
+// r <= radius = cutoff * sigma of it. Both backends measure r^2 = dx^2 + (dy^2 + dz^2) with
+// d = splat_delta(...) along each axis and decide and weigh each voxel here, so they
+// include the same voxels and compute the same values.
+template <typename T>
+struct SplatGaussian {
+  T radius, r2max, inv2s2;
+  DF_HD SplatGaussian(T sigma, T cutoff)
+      : radius(cutoff * sigma), r2max(radius * radius), inv2s2(T(1) / (T(2) * sigma * sigma)) {}
+  // Whether a voxel at squared distance r2 lies within the radius; if so writes its value.
+  DF_HD bool value(T amp, T r2, T& out) const {
+    if (!(r2 <= r2max)) return false;
+    out = amp * std::exp(-r2 * inv2s2);  // expf for float, on the host and on the GPU
+    return true;
+  }
+};
+
+// Offset along one axis from the atom coordinate p to voxel i of a grid with this origin and
+// voxel size.
+template <typename T>
+DF_HD T splat_delta(T origin, int i, T voxel, T p) {
+  return origin + i * voxel - p;
+}
+
+// The index box [lo, hi] of voxels within `radius` of world point p along one axis (empty
+// when lo > hi).
 template <typename T>
 DF_HD void splat_range(T p, T origin, T voxel, T radius, int n, int& lo, int& hi) {
   const T a = (p - radius - origin) / voxel, b = (p + radius - origin) / voxel;
