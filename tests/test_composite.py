@@ -19,6 +19,7 @@ from difffit.report import composite_report
 from difffit.simulate import explained_mask, zero_out
 from difffit.io import read_map, read_structure, split_chains, write_structure
 from difffit.simulate import molmap
+from difffit.structures import simulation_mask
 
 # The real-data helpers live in test_fit; its folder is on sys.path under any import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -168,8 +169,9 @@ def test_haemoglobin_outputs_on_disk(hb_run, tmp_path):
 
 
 def _fraction_inside(dmap, structure, threshold) -> float:
-    """Fraction of atoms whose nearest voxel is above the contour."""
-    ijk = np.rint(dmap.world_to_index(structure.coords)).astype(int)
+    """Fraction of heavy atoms (waters left out) whose nearest voxel is above the contour."""
+    heavy = simulation_mask(structure) & (structure.atomic_numbers > 1)
+    ijk = np.rint(dmap.world_to_index(structure.coords[heavy])).astype(int)
     return float((dmap.data[ijk[:, 2], ijk[:, 1], ijk[:, 0]] > threshold).mean())
 
 

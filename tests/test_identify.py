@@ -130,7 +130,7 @@ def test_interrupted_run_resumes_where_it_stopped(shared_data, small_library, re
     first = (ck / "batch_00000.json").stat().st_mtime_ns
 
     # Not asked to resume: the folder is not overwritten.
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(FileExistsError, match="force=True"):
         identify(_map(shared_data), small_library, RES, CONTOUR, batch_atoms=1700, outdir=out,
                  **QUICK)
     # Other settings: refused, saying what differs.

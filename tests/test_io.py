@@ -371,8 +371,9 @@ def test_error_structure_inputs(shared_data, tmp_path):
         "HETATM    2  O   HOH W   2      12.000  10.000  10.000  1.00 20.00           O\n"
         "END\n"
     )
-    _expect_input_error(read_structure, waters, match="no atoms")
-    # With waters kept the atoms are there, but no backbone: an empty selection.
+    _expect_input_error(read_structure, waters, keep_waters=False, match="no atoms left")
+    # With waters kept (the default) the atoms are there, but no backbone: an empty selection.
+    _expect_input_error(read_structure, waters, match="selection")
     _expect_input_error(read_structure, waters, keep_waters=True, match="selection")
     assert read_structure(waters, selection="all", keep_waters=True).n_atoms == 2
     garbage = tmp_path / "garbage.cif"
@@ -504,12 +505,12 @@ def test_selection_counts_3j6b(shared_data):
     assert bb.n_fit_atoms == 4 * n_res  # complete backbone
     ca = read_structure(pdb, selection="ca")
     assert ca.n_fit_atoms == n_res
-    heavy = read_structure(pdb, selection="heavy")
-    assert heavy.n_fit_atoms == heavy.n_atoms == 1428  # hydrogens removed by default
-    with_h = read_structure(pdb, selection="heavy", keep_hydrogens=True)
+    heavy = read_structure(pdb, selection="heavy", keep_hydrogens=False)
+    assert heavy.n_fit_atoms == heavy.n_atoms == 1428  # hydrogens removed on request
+    with_h = read_structure(pdb, selection="heavy")  # kept by default
     assert with_h.n_atoms == 1428 + 1437
     assert with_h.n_fit_atoms == 1428
-    assert read_structure(pdb, "all", keep_hydrogens=True).n_fit_atoms == 2865
+    assert read_structure(pdb, "all").n_fit_atoms == 2865
     # Selections differ only in the mask, never in the kept atoms.
     for sel in SELECTIONS:
         np.testing.assert_array_equal(read_structure(pdb, sel).coords, bb.coords)
@@ -526,29 +527,30 @@ def test_hemoglobin_chains(shared_data):
         assert set(part.chain_ids) == {chain}
         assert [ch.name for ch in part.gemmi_structure[0]] == [chain]
         np.testing.assert_array_equal(part.coords, st.coords[st.chain_ids == chain])
-    # No HEM or HOH by default; both come back on request.
+    # HEM and HOH are kept by default; both go on request.
     names = {r.name for ch in st.gemmi_structure[0] for r in ch}
-    assert "HEM" not in names and "HOH" not in names
-    full = read_structure(data_file(shared_data, HB_CIF), keep_waters=True, keep_ligands=True)
-    names = {r.name for ch in full.gemmi_structure[0] for r in ch}
     assert {"HEM", "HOH"} <= names
-    assert full.n_fit_atoms == st.n_fit_atoms  # neither is in the backbone
+    bare = read_structure(data_file(shared_data, HB_CIF), keep_waters=False, keep_ligands=False)
+    names = {r.name for ch in bare.gemmi_structure[0] for r in ch}
+    assert "HEM" not in names and "HOH" not in names
+    assert bare.n_fit_atoms == st.n_fit_atoms  # neither is in the backbone
     sub = read_structure(data_file(shared_data, HB_CIF), chains=["B", "D"])
     assert sub.chains == ["B", "D"]
 
 
 def test_apoferritin_waters_and_ions(shared_data):
-    st = read_structure(data_file(shared_data, APO_PDB), selection="all")
+    st = read_structure(data_file(shared_data, APO_PDB), selection="all", keep_waters=False,
+                        keep_ligands=False)
     names = {r.name for ch in st.gemmi_structure[0] for r in ch}
     assert "HOH" not in names and "MG" not in names
     assert 12 not in st.atomic_numbers  # magnesium
-    full = read_structure(data_file(shared_data, APO_PDB), selection="all", keep_waters=True,
-                          keep_ligands=True)
+    full = read_structure(data_file(shared_data, APO_PDB), selection="all")  # all kept
     names = {r.name for ch in full.gemmi_structure[0] for r in ch}
     assert {"HOH", "MG"} <= names
     assert full.n_atoms == st.n_atoms + 229 + 12  # 229 waters, 12 Mg
-    bb = read_structure(data_file(shared_data, APO_PDB), keep_waters=True, keep_ligands=True)
-    assert bb.n_fit_atoms == read_structure(data_file(shared_data, APO_PDB)).n_fit_atoms
+    bb = read_structure(data_file(shared_data, APO_PDB))
+    assert bb.n_fit_atoms == read_structure(data_file(shared_data, APO_PDB), keep_waters=False,
+                                            keep_ligands=False).n_fit_atoms
 
 
 def test_stray_ter_keeps_polymer(shared_data):
@@ -560,12 +562,12 @@ def test_stray_ter_keeps_polymer(shared_data):
 
 def test_spike_glycans_are_ligands(shared_data):
     pdb = data_file(shared_data, f"{SPIKE}/6vyb_Ndom.pdb")
-    st = read_structure(pdb, selection="all")
+    st = read_structure(pdb, selection="all", keep_ligands=False)
     assert "NAG" not in {r.name for ch in st.gemmi_structure[0] for r in ch}
-    kept = read_structure(pdb, selection="all", keep_ligands=True)
+    kept = read_structure(pdb, selection="all")  # kept by default
     assert kept.n_atoms == st.n_atoms + 42  # 3 NAG x 14 atoms
     # In "heavy" they count, in "backbone" they do not.
-    assert read_structure(pdb, keep_ligands=True).n_fit_atoms == read_structure(pdb).n_fit_atoms
+    assert read_structure(pdb).n_fit_atoms == read_structure(pdb, keep_ligands=False).n_fit_atoms
 
 
 SYNTHETIC_PDB = """\
@@ -588,9 +590,9 @@ END
 def test_backbone_never_takes_water_or_calcium(tmp_path):
     path = tmp_path / "mini.pdb"
     path.write_text(SYNTHETIC_PDB)
-    kw = dict(keep_waters=True, keep_ligands=True)
+    kw = dict(keep_hydrogens=False)
     allatoms = read_structure(path, selection="all", **kw)
-    assert allatoms.n_atoms == 11  # the hydrogen is removed
+    assert allatoms.n_atoms == 11  # the hydrogen is removed on request
     assert sorted(allatoms.atomic_numbers.tolist()) == sorted([7, 6, 6, 8, 6, 15, 8, 6, 7, 20, 8])
     calcium = allatoms.atomic_numbers == 20
     water_o = np.all(np.isclose(allatoms.coords, 7.0), axis=1)
@@ -602,9 +604,12 @@ def test_backbone_never_takes_water_or_calcium(tmp_path):
             assert not st.fit_mask[calcium].any() and not st.fit_mask[water_o].any(), sel
     ca = read_structure(path, selection="ca", **kw)
     np.testing.assert_allclose(ca.fit_coords, [[1.458, 0, 0], [10, 0, 0]])  # CA of ALA, P of U
-    # Defaults drop the ion and the water.
-    assert read_structure(path, selection="all").n_atoms == 9
-    assert read_structure(path, selection="all", keep_hydrogens=True).n_atoms == 10
+    # Every atom is kept by default; ion, water and hydrogen go on request.
+    assert read_structure(path, selection="all", keep_waters=False, keep_ligands=False,
+                          keep_hydrogens=False).n_atoms == 9
+    assert read_structure(path, selection="all", keep_waters=False,
+                          keep_ligands=False).n_atoms == 10
+    assert read_structure(path, selection="all").n_atoms == 12
     parts = split_chains(read_structure(path, **kw))
     assert [p.name for p in parts] == ["mini_A", "mini_B"]
     assert isinstance(parts[0], Structure)

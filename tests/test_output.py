@@ -130,7 +130,7 @@ def test_csv_and_json_parse(result, tmp_path):
     assert doc["map"]["path"] == str(Path(result.map.path).resolve())
     assert [s["name"] for s in doc["structures"]] == ["prot0", "prot1"]
     assert len(doc["placements"]) == len(result.placements)
-    assert doc["placements"][0]["score"] == pytest.approx(result.placements[0].score)
+    assert doc["placements"][0]["score (cam)"] == pytest.approx(result.placements[0].score)
     assert len(doc["models"]) == 6
 
 
@@ -180,7 +180,8 @@ def test_cxc_script(result, tmp_path):
 def test_trajectories_and_log(result, tmp_path):
     paths = write_fit_outputs(result, tmp_path / "o", command="difffit fit a.mrc b.pdb -r 5")
     with np.load(paths["trajectories"]) as npz:
-        assert set(npz.files) == set(result.trajectory)
+        assert set(npz.files) == set(result.trajectory) | {"structure_names", "centroids",
+                                                           "convention"}
         for k, v in result.trajectory.items():
             np.testing.assert_array_equal(npz[k], v)
     log = paths["log"].read_text()
@@ -196,7 +197,7 @@ def test_refuses_non_empty_folder(result, tmp_path):
     out.mkdir()
     write_fit_outputs(result, out)  # an empty existing folder is fine
     before = (out / "results.csv").read_bytes()
-    with pytest.raises(FileExistsError, match="--force") as exc:
+    with pytest.raises(FileExistsError, match="force") as exc:  # --force / force=True
         write_fit_outputs(result, out)
     assert str(out) in str(exc.value)
     assert (out / "results.csv").read_bytes() == before
@@ -260,7 +261,8 @@ def test_same_structure_names_do_not_collide(tmp_path):
 def test_summary_table(result):
     text = result.summary_table(top=2)
     lines = text.splitlines()
-    assert lines[0].split()[:6] == ["structure", "rank", "hits", "corr", "cam", "inside"]
+    header = lines[0].split()
+    assert header[:5] == ["structure", "rank", "hits", "corr", "cam"] and "inside" in header
     body = lines[2:]
     assert len(body) == 4
     # Structures in order of their best score; ranks within each.
@@ -268,3 +270,165 @@ def test_summary_table(result):
     p = result.best("prot0")
     c = p.rotation @ result.structures[0].centroid + p.translation
     assert f"{c[0]:.2f}" in body[0] and f"{p.metrics['cam']:.3f}" in body[0]
+
+
+# ----------------------------------------------------------------------------------------
+# Outputs a user can read back (#13): the score names its metric, the columns their units,
+# the JSON the transform convention; trajectories.npz describes itself; read_results.
+# ----------------------------------------------------------------------------------------
+
+
+def test_score_metric_units_and_convention(result, tmp_path):
+    result.params = FitParams(n_rotations=3, n_positions=2, rank_by="correlation")
+    paths = write_fit_outputs(result, tmp_path / "o")
+    with open(paths["csv"]) as fh:
+        header = next(csv.reader(fh))
+    assert "score (correlation)" in header and "score" not in header
+    assert header[:3] == ["structure", "input", "rank"]
+    doc = json.loads(paths["json"].read_text())
+    assert doc["kind"] == "fit"
+    assert doc["score_metric"] == "correlation" and doc["score_column"] == "score (correlation)"
+    assert "x -> R x + t" in doc["transform"] and "input structure file" in doc["transform"]
+    assert doc["units"]["length"] == "Angstrom"
+    # Every column described; lengths in Angstrom, the rotation unitless, metrics defined.
+    assert list(doc["columns"]) == header and all(doc["columns"].values())
+    for k in ("tx", "ty", "tz", "cx", "cy", "cz"):
+        assert "Angstrom" in doc["columns"][k]
+    assert "unitless" in doc["columns"]["r23"] and "unitless" in doc["columns"]["cam"]
+    assert "map units" in doc["columns"]["mean_density"]
+    assert doc["columns"]["score (correlation)"].startswith("the ranking score, correlation")
+    for rec, s in zip(doc["structures"], result.structures):
+        np.testing.assert_allclose(rec["centroid"], s.centroid)
+
+
+def test_read_results_of_a_fit(result, tmp_path):
+    write_fit_outputs(result, tmp_path / "o")
+    run = difffit.read_results(tmp_path / "o")
+    assert run.kind == "fit" and run.score_metric == "cam"
+    assert run.path == tmp_path / "o" / "results.json"
+    assert [s["name"] for s in run.structures] == ["prot0", "prot1"]
+    assert len(run.placements) == len(result.placements)
+    for got, p in zip(run.placements, result.placements):
+        assert isinstance(got, Placement)
+        for k in ("structure_index", "structure_name", "rank", "hits", "iteration", "start",
+                  "refined"):
+            assert getattr(got, k) == getattr(p, k), k
+        np.testing.assert_allclose(got.rotation, p.rotation, atol=1e-7)
+        np.testing.assert_allclose(got.translation, p.translation, atol=1e-6)
+        np.testing.assert_allclose(got.centre, p.centre, atol=1e-6)
+        assert got.score == pytest.approx(p.score)
+        assert got.metrics == pytest.approx(p.metrics)
+    assert run.best("prot1").rank == 1 and run.best("prot1").structure_index == 1
+    assert [p.rank for p in run.for_structure(0)] == [1, 2, 3, 4]
+    assert run.best().score == pytest.approx(result.best().score)
+    assert difffit.read_results(tmp_path / "o" / "results.json").rows() == run.rows()
+    with pytest.raises(difffit.DifffitInputError, match="results.json"):
+        difffit.read_results(tmp_path)  # nothing there
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{}")
+    with pytest.raises(difffit.DifffitInputError, match="not a difffit results file"):
+        difffit.read_results(tmp_path / "bad")
+
+
+def test_trajectories_read_back_as_poses(result, tmp_path):
+    from difffit.readback import read_trajectories
+
+    paths = write_fit_outputs(result, tmp_path / "o")
+    traj = read_trajectories(paths["trajectories"])
+    assert traj.structure_names == ["prot0", "prot1"]
+    np.testing.assert_allclose(traj.centroids, [s.centroid for s in result.structures])
+    assert "R(q) (x - centroids[mol_idx[s]]) + t" in traj.convention
+    np.testing.assert_array_equal(traj.starts("prot1"), np.arange(6, 12))
+    R, t = traj.poses()
+    K, S = result.trajectory["score"].shape
+    assert R.shape == (K, S, 3, 3) and t.shape == (K, S, 3)
+    # Atom x of structure i, moved by start s: R(q)(x - c) + trans == R x + t.
+    q = torch.from_numpy(result.trajectory["quat"].astype(np.float64))
+    for s in (0, 7):
+        struct = result.structures[result.trajectory["mol_idx"][s]]
+        x = struct.coords
+        for k in range(K):
+            Rq = quat_to_matrix(q[k, s]).numpy()
+            want = (x - struct.centroid) @ Rq.T + result.trajectory["trans"][k, s]
+            np.testing.assert_allclose(x @ R[k, s].T + t[k, s], want, atol=1e-4)
+    R1, t1 = traj.poses("prot1")
+    np.testing.assert_allclose(R1, R[:, 6:])
+    np.testing.assert_allclose(t1, t[:, 6:])
+
+    # A file of an older difffit (no centroids): refused unless they are given.
+    old = tmp_path / "old.npz"
+    np.savez(old, **result.trajectory)
+    with pytest.raises(difffit.DifffitInputError, match="centroids="):
+        read_trajectories(old)
+    again = read_trajectories(old, centroids=traj.centroids, names=["a", "b"])
+    np.testing.assert_allclose(again.poses()[1], t)
+    assert again.structure_names == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------------------
+# --force replaces an earlier fit's outputs completely, and nothing else (#12)
+# ----------------------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_force_replaces_the_earlier_fit_completely(result, tmp_path):
+    out = tmp_path / "o"
+    first = write_fit_outputs(result, out, top=3, report=True, command="difffit fit old")
+    assert first["report"].is_file()
+    listed = json.loads(first["json"].read_text())["files"]
+    assert set(listed) == _files(out)  # results.json lists exactly what the fit wrote
+    # The user's files, beside and among the fit's, and one outside.
+    (out / "notes.txt").write_text("mine")
+    (out / "models" / "mine.cif").write_text("mine")
+    (tmp_path / "outside.txt").write_text("mine")
+
+    second = write_fit_outputs(result, out, top=1, force=True, command="difffit fit new")
+    assert "report" not in second
+    now = json.loads(second["json"].read_text())["files"]
+    assert _files(out) == set(now) | {"notes.txt", "models/mine.cif"}
+    assert sorted(p.name for p in (out / "models").iterdir()) == [
+        "mine.cif", "prot0_rank1.cif", "prot1_rank1.cif"]
+    assert "difffit fit old" not in "".join(p.read_text() for p in out.glob("*.txt"))
+    assert (tmp_path / "outside.txt").read_text() == "mine"
+    assert _no_temp_files(out)
+
+
+def test_force_never_removes_what_the_fit_did_not_write(result, tmp_path):
+    out = tmp_path / "o"
+    paths = write_fit_outputs(result, out, top=1)
+    (tmp_path / "outside.txt").write_text("mine")
+    (out / "notes.txt").write_text("mine")
+    doc = json.loads(paths["json"].read_text())
+    # A results.json naming files outside the folder, or a folder, or missing files.
+    doc["files"] += ["../outside.txt", str(tmp_path / "outside.txt"), "models", "gone.txt"]
+    paths["json"].write_text(json.dumps(doc))
+    write_fit_outputs(result, out, top=1, force=True)
+    assert (tmp_path / "outside.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text() == "mine" and (out / "models").is_dir()
+
+
+def test_force_over_a_foreign_results_json(result, tmp_path):
+    """A results.json that difffit did not write names nothing to remove."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "data.csv").write_text("mine")
+    (out / "results.json").write_text(json.dumps({"files": ["data.csv"]}))
+    write_fit_outputs(result, out, force=True)
+    assert (out / "data.csv").read_text() == "mine"
+
+
+def test_force_over_a_results_json_without_file_list(result, tmp_path):
+    """A results.json written before the file list: its models are still known."""
+    out = tmp_path / "o"
+    paths = write_fit_outputs(result, out, top=3)
+    doc = json.loads(paths["json"].read_text())
+    del doc["files"]
+    paths["json"].write_text(json.dumps(doc))
+    (out / "notes.txt").write_text("mine")
+    write_fit_outputs(result, out, top=1, force=True)
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["prot0_rank1.cif",
+                                                                   "prot1_rank1.cif"]
+    assert (out / "notes.txt").read_text() == "mine"

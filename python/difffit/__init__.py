@@ -18,13 +18,14 @@ import importlib
 
 __version__ = "0.1.0"
 
-from .errors import DifffitInputError  # noqa: E402
+from .errors import DifffitInputError, DifffitWarning  # noqa: E402
 
 # name -> (module, attribute or None for the module itself)
 _LAZY = {
     "fit": (".workflows.fit", "fit"),
     "composite": (".workflows.composite", "composite"),
     "identify": (".workflows.identify", "identify"),
+    "score": (".workflows.score", "score"),
     "FitParams": (".params", "FitParams"),
     "AcceptRules": (".params", "AcceptRules"),
     "IdentifyParams": (".params", "IdentifyParams"),
@@ -38,11 +39,12 @@ _LAZY = {
     "FitResult": (".results", "FitResult"),
     "CompositeResult": (".results", "CompositeResult"),
     "IdentifyResult": (".results", "IdentifyResult"),
+    "read_results": (".readback", "read_results"),
     "ops": (".ops", None),
     "build_info": ("._ext", "build_info"),
 }
 
-__all__ = ["__version__", "DifffitInputError", *_LAZY]
+__all__ = ["__version__", "DifffitInputError", "DifffitWarning", *_LAZY]
 
 
 def __getattr__(name: str):

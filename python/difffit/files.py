@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import opt
+
 __all__ = ["refuse_existing", "umask_mode", "atomic_write", "write_json", "is_gz", "stem",
            "safe_name", "jsonable"]
 
@@ -24,8 +26,7 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
     """Raise FileExistsError when ``path`` exists and overwriting was not asked for."""
     if path.exists() and not overwrite:
         raise FileExistsError(
-            f"{path}: file already exists; pass overwrite=True (or --force on the "
-            f"command line) to replace it"
+            f"{path}: file already exists; pass {opt('overwrite', True)} to replace it"
         )
 
 

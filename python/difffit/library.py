@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DifffitInputError
+import gemmi
+
+from .errors import DifffitInputError, opt
 from .runs import structure_fingerprint
 from .structures import Structure, read_structure
 
@@ -38,11 +40,18 @@ def library_files(library) -> list[str | Structure]:
     Raises:
         DifffitInputError: a path that does not exist, or a library with no structure.
     """
-    items = [library] if isinstance(library, (str, Path, Structure)) else list(library)
+    one = (str, os.PathLike, Structure, gemmi.Structure)
+    items = [library] if isinstance(library, one) else library
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, one) for i in items):
+        raise DifffitInputError(
+            "library must be a folder, a structure file, a text file listing paths, a "
+            "Structure or a gemmi.Structure, or a list of these; got "
+            + type(items if not isinstance(items, (list, tuple)) else
+                   next(i for i in items if not isinstance(i, one))).__name__)
     out: list[str | Structure] = []
     for item in items:
-        if isinstance(item, Structure):
-            out.append(item)
+        if isinstance(item, (Structure, gemmi.Structure)):
+            out.append(item if isinstance(item, Structure) else read_structure(item))
             continue
         p = Path(item)
         if p.is_dir():
@@ -97,7 +106,7 @@ def read_library(sources, selection: str, skip_bad: bool, progress: bool
             s = src if isinstance(src, Structure) else read_structure(src, selection=selection)
         except DifffitInputError as exc:
             if not skip_bad:
-                raise DifffitInputError(f"library: {exc} (pass skip_bad=True / --skip-bad to "
+                raise DifffitInputError(f"library: {exc} (pass {opt('skip_bad', True)} to "
                                         f"leave unreadable files out)") from exc
             skipped.append((str(src), str(exc)))
             continue

@@ -13,7 +13,9 @@ Conventions (docs/method.md section 2):
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Sequence
 import mrcfile
 import numpy as np
 
-from .errors import DifffitInputError
+from .errors import DifffitInputError, opt
 from .files import is_gz, refuse_existing, umask_mode
 
 __all__ = ["DensityMap", "read_map", "write_map"]
@@ -47,17 +49,25 @@ class DensityMap:
     def __post_init__(self) -> None:
         # Normalise types once here so that every consumer (kernels included) can rely on
         # them without re-checking.
-        self.data = np.ascontiguousarray(self.data, dtype=np.float32)
+        where = self.path or "DensityMap"
+        if hasattr(self.data, "detach"):  # a torch tensor
+            self.data = self.data.detach().cpu().numpy()
+        try:
+            self.data = np.ascontiguousarray(self.data, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DifffitInputError(f"{where}: data must be a 3D array of numbers [nz, ny, nx], "
+                                    f"got {type(self.data).__name__}") from None
         if self.data.ndim != 3:
             raise DifffitInputError(
-                f"{self.path or 'DensityMap'}: data must be 3D [nz, ny, nx], "
-                f"got shape {self.data.shape}"
+                f"{where}: data must be 3D [nz, ny, nx], got shape {self.data.shape}"
             )
-        self.origin = np.asarray(self.origin, dtype=np.float64).reshape(3).copy()
-        self.voxel_size = np.asarray(self.voxel_size, dtype=np.float64).reshape(3).copy()
+        self.origin = _xyz(self.origin, where, "origin")
+        self.voxel_size = _xyz(self.voxel_size, where, "voxel_size")
+        if not np.all(np.isfinite(self.origin)):
+            raise DifffitInputError(f"{where}: origin must be finite, got {self.origin.tolist()}")
         if not np.all(np.isfinite(self.voxel_size)) or np.any(self.voxel_size <= 0):
             raise DifffitInputError(
-                f"{self.path or 'DensityMap'}: voxel size must be positive, "
+                f"{where}: voxel size must be positive, "
                 f"got {self.voxel_size.tolist()}"
             )
 
@@ -123,17 +133,24 @@ class DensityMap:
         return DensityMap(data, self.origin.copy(), self.voxel_size.copy(), self.path)
 
 
+def _xyz(value, where: str, name: str) -> np.ndarray:
+    """[3] float64 from one number (isotropic) or three (x, y, z)."""
+    try:
+        v = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        v = np.zeros(0)
+    if v.size == 1:
+        v = np.repeat(v, 3)
+    if v.size != 3:
+        raise DifffitInputError(f"{where}: {name} must be one number or three (x, y, z), "
+                                f"got {value!r}")
+    return v.copy()
+
+
 def _voxel_override(path: Path, voxel_size: float | Sequence[float]) -> np.ndarray:
-    vs = np.asarray(voxel_size, dtype=np.float64).reshape(-1)
-    if vs.size == 1:
-        vs = np.repeat(vs, 3)
-    if vs.size != 3:
-        raise DifffitInputError(
-            f"{path}: voxel_size override must be one number or three (x, y, z), "
-            f"got {np.asarray(voxel_size).tolist()}"
-        )
+    vs = _xyz(voxel_size, str(path), opt("voxel_size"))
     if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
-        raise DifffitInputError(f"{path}: voxel_size override must be positive, got {vs.tolist()}")
+        raise DifffitInputError(f"{path}: {opt('voxel_size')} must be positive, got {vs.tolist()}")
     return vs
 
 
@@ -156,10 +173,12 @@ def read_map(path, voxel_size: float | Sequence[float] | None = None) -> Density
         DensityMap with data [nz, ny, nx] float32 (x fastest, whatever MAPC/MAPR/MAPS say).
 
     Raises:
-        DifffitInputError: missing, empty, truncated or non-MRC file; complex or 2D data;
-            NaN/Inf values; a non-orthogonal cell; a zero or negative voxel size.
+        DifffitInputError: missing, empty, truncated or non-MRC file; a data block whose
+            size does not match the header's mode and grid (both named); complex or 2D
+            data; NaN/Inf values; a non-orthogonal cell; a zero or negative voxel size; a
+            grid too large for the memory available.
     """
-    p = Path(path)
+    p = as_path(path, "map")
     if not p.exists():
         raise DifffitInputError(f"{p}: map file does not exist")
     if not p.is_file():
@@ -168,10 +187,37 @@ def read_map(path, voxel_size: float | Sequence[float] | None = None) -> Density
         raise DifffitInputError(f"{p}: map file is empty")
 
     try:
+        # The header first: a grid too large to hold is refused before it is read.
+        with mrcfile.open(str(p), mode="r", permissive=False, header_only=True) as mrc:
+            layout = (int(mrc.header.mode),
+                      (int(mrc.header.nx), int(mrc.header.ny), int(mrc.header.nz)))
+        from .checks import check_memory
+
+        check_memory(4.0 * 3 * np.prod(layout[1], dtype=np.float64),
+                     f"{p}: reading a {' x '.join(map(str, layout[1]))} map")
         # permissive=False: a bad map ID, a short data block etc. raise instead of warning.
-        # mrcfile.open recognises gzip/bzip2 content by its magic bytes.
-        with mrcfile.open(str(p), mode="r", permissive=False) as mrc:
+        # mrcfile.open recognises gzip/bzip2 content by its magic bytes. A data block
+        # longer than the header's mode and grid say is only a warning there: an error here.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                mrc = mrcfile.open(str(p), mode="r", permissive=False)
+            except ValueError as exc:
+                short = re.search(r"Expected (\d+) bytes in data block but limit is (\d+)",
+                                  str(exc))
+                if short:
+                    _data_size_error(p, *layout, int(short.group(2)))
+                raise
+        longer = [w for w in caught if "larger than expected" in str(w.message)]
+        for w in caught:  # anything else mrcfile says, passed on
+            if w not in longer:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        with mrc:
             header = mrc.header
+            if longer:
+                extra = re.search(r"(\d+) bytes larger", str(longer[0].message))
+                _data_size_error(p, *layout, _expected_bytes(*layout) + int(extra.group(1))
+                                 if extra else None)
             raw = mrc.data
             if raw is None:
                 raise ValueError("no data block")
@@ -238,7 +284,8 @@ def read_map(path, voxel_size: float | Sequence[float] | None = None) -> Density
         if not np.all(np.isfinite(voxel)) or np.any(voxel <= 0):
             raise DifffitInputError(
                 f"{p}: voxel size from the header is {voxel.tolist()} (cell lengths / "
-                f"MX,MY,MZ); it must be positive. Pass voxel_size= to override it"
+                f"MX,MY,MZ); it must be positive. Give the right one with "
+                f"{opt('voxel_size', 'V')}"
             )
 
     if not np.all(np.isfinite(origin_field)):
@@ -256,6 +303,44 @@ def read_map(path, voxel_size: float | Sequence[float] | None = None) -> Density
     return DensityMap(data=data, origin=origin, voxel_size=voxel, path=str(p))
 
 
+# Bytes per voxel of each MRC mode, and what the mode holds.
+_MODE_BYTES = {0: (1, "int8"), 1: (2, "int16"), 2: (4, "float32"), 3: (4, "complex int16"),
+               4: (8, "complex float32"), 6: (2, "uint16"), 12: (2, "float16")}
+
+
+def _expected_bytes(mode: int, grid: tuple[int, int, int]) -> int:
+    """Bytes of the data block a header's mode and grid call for."""
+    return _MODE_BYTES.get(mode, (0, ""))[0] * grid[0] * grid[1] * grid[2]
+
+
+def _data_size_error(p: Path, mode: int, grid: tuple[int, int, int], actual: int | None):
+    """Raise the error of a data block whose size does not match the header's mode and
+    grid, naming both (and the modes the size would fit)."""
+    size, name = _MODE_BYTES.get(mode, (0, "unknown"))
+    need = _expected_bytes(mode, grid)
+    msg = (f"{p}: the data block does not match the header: mode {mode} ({name}, {size} "
+           f"byte{'s' if size != 1 else ''} per voxel) on a {grid[0]} x {grid[1]} x "
+           f"{grid[2]} grid needs {need} bytes")
+    if actual is not None:
+        msg += f", the file holds {actual}"
+        fits = [f"mode {m} ({nm})" for m in sorted(_REAL_MODES)
+                if m != mode and _expected_bytes(m, grid) == actual
+                for nm in [_MODE_BYTES[m][1]]]
+        if fits:
+            msg += f", which fits {' or '.join(fits)}: the header's mode is probably wrong"
+        elif actual < need:
+            msg += ": the file is truncated"
+    raise DifffitInputError(msg)
+
+
+def as_path(path, what: str) -> Path:
+    """A path argument as a Path, or an error saying what was expected."""
+    if isinstance(path, (str, os.PathLike)):
+        return Path(path)
+    raise DifffitInputError(f"{what} must be a path (str or pathlib.Path) of a file, got "
+                            f"{type(path).__name__}")
+
+
 def write_map(path, dmap: DensityMap, overwrite: bool = False) -> None:
     """Write a map as MRC (float32), gzip-compressed when ``path`` ends in ``.gz``.
 
@@ -271,7 +356,9 @@ def write_map(path, dmap: DensityMap, overwrite: bool = False) -> None:
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
-    p = Path(path)
+    p = as_path(path, "the output map")
+    if not isinstance(dmap, DensityMap):
+        raise DifffitInputError(f"{p}: write_map needs a DensityMap, got {type(dmap).__name__}")
     refuse_existing(p, overwrite)
     if not p.parent.is_dir():
         raise DifffitInputError(f"{p}: output folder {p.parent} does not exist")

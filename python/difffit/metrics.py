@@ -1,8 +1,27 @@
-"""Fit metrics of placements: ChimeraX-style (simulated-map points) and atom-style.
+"""Fit metrics of placements: ChimeraX ``fitmap``-style and atom-style (docs/method.md
+section 6).
 
-docs/method.md section 6. Both families reduce to one weighted-point sampling kernel,
-:func:`difffit.ops.point_stats`, which returns per-placement sums; :func:`correlations`
-turns the sums into overlap, correlation and correlation about the mean.
+ChimeraX-style: the structure is simulated as ``molmap`` does (normalised Gaussians on a
+grid of spacing resolution / 3) and the grid points inside the contour that encloses 95 %
+of the simulated density are scored against the target, sampled at those points (0
+outside the target's box): overlap = sum(s t), correlation = s.t / (|s| |t|), cam the
+correlation about the means. Atom-style: the target at the atoms (mean density, fraction
+at or above the contour) and the paper's atom correlations on the search pyramid's level 0.
+
+Two ways to get the ChimeraX-style numbers:
+
+* :func:`chimerax_metrics`, exact: the structure is simulated where the placement puts it,
+  on a grid along the world axes, as ChimeraX does. It depends only on where the atoms
+  end up, so on nothing of the frame the model came in. It costs a simulation per
+  placement, so the fit uses it for the placements it refines and reports.
+* :class:`Metrics`, for thousands of placements at once: each structure is simulated once,
+  on a grid laid out in its principal frame (so again independent of the input frame), and
+  the envelope's points are moved rigidly with each placement. It differs from the exact
+  numbers by the grid's orientation, up to about 0.007 in correlation and cam.
+
+Every number reduces to one weighted-point sampling kernel,
+:func:`difffit.ops.point_stats`, whose per-placement sums :func:`correlations` turns into
+overlap, correlation and correlation about the mean.
 """
 from __future__ import annotations
 
@@ -14,10 +33,10 @@ from torch import Tensor
 
 from . import ops
 from .maps import DensityMap
-from .simulate import molmap_points, sample_simulated
-from .structures import Structure
+from .simulate import molmap_envelope, principal_frame, sample_simulated
+from .structures import Structure, simulation_mask
 
-__all__ = ["Metrics", "correlations", "ragged"]
+__all__ = ["Metrics", "chimerax_metrics", "correlations", "ragged"]
 
 
 def ragged(arrays: Sequence[np.ndarray], device, dtype=torch.float32) -> tuple[Tensor, Tensor]:
@@ -27,29 +46,38 @@ def ragged(arrays: Sequence[np.ndarray], device, dtype=torch.float32) -> tuple[T
     return pts, torch.from_numpy(offsets.astype(np.int64)).to(device)
 
 
+def _at_or_above(threshold: float) -> float:
+    """The level the kernels' ``d > level`` count needs to count ``d >= threshold``."""
+    return float(np.nextafter(np.float64(threshold), -np.inf))
+
+
+def _simulated_atoms(s: Structure) -> tuple[np.ndarray, np.ndarray]:
+    sel = simulation_mask(s)
+    return s.coords[sel], s.atomic_numbers[sel]
+
+
 class Metrics:
-    """Fit metrics of placements (centred-frame quat, trans) of the structures."""
+    """Fit metrics of many placements (centred-frame quat, trans) of the structures."""
 
     def __init__(self, structures: Sequence[Structure], centroids: np.ndarray, target: DensityMap,
                  level0: Tensor, pyr_origin, pyr_voxel, threshold: float, resolution: float,
                  device):
         self.device = device
         dt = torch.float64
-        raw = torch.from_numpy(np.ascontiguousarray(target.data, dtype=np.float64)).to(device)
-        self.raw = raw.unsqueeze(-1).contiguous()
-        self.raw_frame = (target.origin.tolist(), target.voxel_size.tolist())
+        # One voxel of zeros around the target: a point beyond the box then samples 0, as
+        # in ChimeraX (up to the last half voxel, which interpolates toward it).
+        raw = np.pad(np.asarray(target.data, dtype=np.float64), 1)
+        self.raw = torch.from_numpy(raw).to(device).unsqueeze(-1).contiguous()
+        self.raw_frame = ((target.origin - target.voxel_size).tolist(), target.voxel_size.tolist())
         self.level0 = level0.to(device=device, dtype=dt).unsqueeze(-1).contiguous()
         self.level0_frame = (list(pyr_origin), list(pyr_voxel))
-        self.threshold = threshold
-        # ChimeraX-style: simulated-map grid points above a low contour, centred.
+        self.level = _at_or_above(threshold)
         sim_pts, sim_val, atom_pts, atom_val = [], [], [], []
         for s, c in zip(structures, centroids):
-            heavy = s.atomic_numbers > 1
-            xyz, z = s.coords[heavy], s.atomic_numbers[heavy]
-            p, v = molmap_points(xyz, z, resolution)
+            xyz, z = _simulated_atoms(s)
+            p, v = molmap_envelope(xyz, z, resolution, frame=principal_frame(xyz, c))
             sim_pts.append(p - c)
             sim_val.append(v)
-            # Atom-style: the structure's own simulated density at each of its atoms.
             atom_pts.append(xyz - c)
             atom_val.append(sample_simulated(xyz, z, resolution))
         self.sim_pts, self.sim_off = ragged(sim_pts, device, dt)
@@ -58,10 +86,11 @@ class Metrics:
         self.atom_val = torch.from_numpy(np.concatenate(atom_val)).to(device)
 
     def __call__(self, quat: Tensor, trans: Tensor, mol_idx: Tensor) -> dict[str, Tensor]:
+        """Every metric of placements quat [P, 4], trans [P, 3] of structures mol_idx [P]."""
         q, t, m = quat.to(self.device, torch.float64), trans.to(self.device, torch.float64), mol_idx.to(self.device)
         out = {}
         st = ops.point_stats(self.raw, *self.raw_frame, self.sim_pts, self.sim_val, self.sim_off,
-                             q, t, m, threshold=self.threshold, validate=False)
+                             q, t, m, validate=False)
         n_sim = (self.sim_off[1:] - self.sim_off[:-1])[m].to(st.dtype)
         out["overlap"], out["correlation"], out["cam"] = correlations(st, n_sim)
         st = ops.point_stats(self.level0, *self.level0_frame, self.atom_pts, self.atom_val,
@@ -69,11 +98,80 @@ class Metrics:
         n = (self.atom_off[1:] - self.atom_off[:-1])[m].to(st.dtype)
         ov, out["atom_correlation"], out["atom_cam"] = correlations(st, n)
         out["atom_overlap"] = ov / n
-        out["mean_density"] = st[:, 2] / n
         st = ops.point_stats(self.raw, *self.raw_frame, self.atom_pts, self.atom_val,
-                             self.atom_off, q, t, m, threshold=self.threshold, validate=False)
+                             self.atom_off, q, t, m, threshold=self.level, validate=False)
+        out["mean_density"] = st[:, 2] / n
         out["inside_fraction"] = st[:, 5] / n
         return out
+
+
+def _inside(target: DensityMap, pts: np.ndarray) -> np.ndarray:
+    """[N] bool: points within the target's grid (index 0 .. n - 1 on every axis)."""
+    idx = (pts - target.origin) / target.voxel_size
+    return np.all((idx >= 0) & (idx <= np.array(target.shape_xyz) - 1), axis=1)
+
+
+def _sums_at(volume: Tensor, target: DensityMap, pts: list[np.ndarray], w: list[np.ndarray],
+             level: float) -> np.ndarray:
+    """[P, 6] point_stats sums of each point set, the target read as 0 outside its box."""
+    st = np.zeros((len(pts), len(ops.STAT_NAMES)))
+    keep = [_inside(target, p) for p in pts]
+    live = [k for k in range(len(pts)) if keep[k].any()]
+    if live:
+        p_in, off = ragged([pts[k][keep[k]] for k in live], "cpu", torch.float64)
+        w_in = torch.from_numpy(np.concatenate([w[k][keep[k]] for k in live]))
+        P = len(live)
+        quat = torch.zeros(P, 4, dtype=torch.float64)
+        quat[:, 0] = 1.0
+        st[live] = ops.point_stats(volume, target.origin.tolist(), target.voxel_size.tolist(),
+                                   p_in, w_in, off, quat, torch.zeros(P, 3, dtype=torch.float64),
+                                   torch.arange(P), threshold=level).numpy()
+    for k in range(len(pts)):  # outside points: their weights count, their density is 0
+        w_out = w[k][~keep[k]]
+        st[k, 0] += w_out.sum()
+        st[k, 1] += (w_out * w_out).sum()
+        if level < 0:
+            st[k, 5] += w_out.size
+    return st
+
+
+def chimerax_metrics(target: DensityMap, structures: Sequence[Structure],
+                     rotations: np.ndarray, translations: np.ndarray, index: Sequence[int],
+                     resolution: float, threshold: float) -> dict[str, np.ndarray]:
+    """ChimeraX ``fitmap`` statistics of placements, each structure simulated where its
+    placement puts it (``fitmap ... shift false rotate false``).
+
+    Args:
+        target: the map.
+        structures: the structures (input coordinates).
+        rotations: [P, 3, 3], translations: [P, 3]: placements x -> R x + t.
+        index: [P] structure of each placement.
+        resolution: Angstrom (the simulation's).
+        threshold: the target's contour level (for the fraction of atoms inside).
+
+    Returns:
+        [P] arrays: "correlation", "cam", "overlap", "envelope_points", "mean_density"
+        (target at the atoms), "inside_fraction" (atoms at or above ``threshold``).
+    """
+    volume = torch.from_numpy(np.asarray(target.data, dtype=np.float64)).unsqueeze(-1).contiguous()
+    sim = {i: _simulated_atoms(structures[i]) for i in set(int(i) for i in index)}
+    env_pts, env_w, atoms, ones = [], [], [], []
+    for R, t, i in zip(rotations, translations, index):
+        xyz, z = sim[int(i)]
+        moved = xyz @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64)
+        p, v = molmap_envelope(moved, z, resolution)
+        env_pts.append(p)
+        env_w.append(v)
+        atoms.append(moved)
+        ones.append(np.ones(len(moved)))
+    st = torch.from_numpy(_sums_at(volume, target, env_pts, env_w, 0.0))
+    n_env = torch.tensor([float(len(p)) for p in env_pts], dtype=torch.float64)
+    overlap, corr, cam = correlations(st, n_env)
+    sa = _sums_at(volume, target, atoms, ones, _at_or_above(threshold))
+    n_atoms = np.array([float(len(a)) for a in atoms])
+    return {"correlation": corr.numpy(), "cam": cam.numpy(), "overlap": overlap.numpy(),
+            "envelope_points": n_env.numpy().astype(np.int64),
+            "mean_density": sa[:, 2] / n_atoms, "inside_fraction": sa[:, 5] / n_atoms}
 
 
 def correlations(st: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -10,10 +10,15 @@ batch_atoms=50_000)``); :func:`resolve` routes the keywords to the right class.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .errors import DifffitInputError
+import numpy as np
+
+from .errors import DifffitInputError, opt
 
 __all__ = ["METRICS", "SCORES", "SIZE_FAIR", "FitParams", "AcceptRules", "IdentifyParams",
            "resolve"]
@@ -28,6 +33,43 @@ SIZE_FAIR = ("cam", "correlation", "atom_cam", "atom_correlation", "inside_fract
              "mean_density", "atom_overlap", "pyramid_score", "zscore")
 
 _DEVICES = ("cpu", "cuda", "auto")
+_DEVICE_RE = re.compile(r"(cpu|auto|cuda(:[0-9]+)?)")
+
+
+def _number(obj, name: str, *, integer: bool = False, lo: float | None = None,
+            hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+            none_ok: bool = False) -> None:
+    """Check that field ``name`` of ``obj`` is a finite number in range (normalised to a
+    plain int or float), naming the field and what it expects."""
+    v = getattr(obj, name)
+    if v is None and none_ok:
+        return
+    what = ("an integer" if integer else "a number") + (" or None" if none_ok else "")
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or (
+            integer and not isinstance(v, numbers.Integral)):
+        raise DifffitInputError(f"{opt(name)} must be {what}, got {v!r} ({type(v).__name__})")
+    v = int(v) if integer else float(v)
+    if not math.isfinite(v):
+        raise DifffitInputError(f"{opt(name)} must be finite, got {v}")
+    if (lo is not None and (v <= lo if lo_open else v < lo)) or (
+            hi is not None and (v >= hi if hi_open else v > hi)):
+        bounds = ([f"{'>' if lo_open else '>='} {lo:g}"] if lo is not None else []) + (
+            [f"{'<' if hi_open else '<='} {hi:g}"] if hi is not None else [])
+        raise DifffitInputError(f"{opt(name)} must be {' and '.join(bounds)}, got {v:g}")
+    setattr(obj, name, v)
+
+
+def _flag(obj, name: str) -> None:
+    v = getattr(obj, name)
+    if not isinstance(v, (bool, np.bool_)):
+        raise DifffitInputError(f"{opt(name)} must be True or False, got {v!r}")
+    setattr(obj, name, bool(v))
+
+
+def _choice(obj, name: str, choices) -> None:
+    v = getattr(obj, name)
+    if not isinstance(v, str) or v not in choices:
+        raise DifffitInputError(f"{opt(name)} must be one of {', '.join(choices)}, got {v!r}")
 
 
 @dataclass
@@ -50,21 +92,37 @@ class FitParams:
     refine: bool = True
     refine_iters: int = 60
     refine_top: int | None = 32     # clusters refined per structure (best first); None: all
+    exact_top: int = 10    # refined placements per structure given ChimeraX-exact metrics
     rank_by: str = "cam"   # correlation about the mean: robust to flat or clamped regions
     device: str = "cpu"    # "cpu", "cuda", "cuda:N", or "auto" (a GPU when there is one)
     max_points_per_batch: int = 4_000_000
     min_inside_fraction: float = 0.0
+    copies: int | str | None = None  # rank the N (or "auto") best distinct copies first
+    min_plddt: float | None = None   # fit only residues with B-factor (pLDDT) >= this
 
     def __post_init__(self):
-        if self.rank_by not in METRICS:
-            raise DifffitInputError(f"rank_by must be one of {', '.join(METRICS)}, got {self.rank_by!r}")
-        for name in ("n_rotations", "n_positions", "n_iters", "record_every", "n_levels"):
-            if int(getattr(self, name)) < 1:
-                raise DifffitInputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.refine_top is not None and int(self.refine_top) < 1:
-            raise DifffitInputError(f"refine_top must be >= 1 or None, got {self.refine_top}")
-        if not isinstance(self.device, str) or self.device.split(":")[0] not in _DEVICES:
-            raise DifffitInputError(f"device must be auto, cpu or cuda (cuda:N), got {self.device!r}")
+        # Every field: its type and its range, so that a bad value stops here with its
+        # name rather than deep in the search (or, worse, runs and gives a poor result).
+        _choice(self, "rank_by", METRICS)
+        for name in ("n_rotations", "n_positions", "n_iters", "record_every", "n_levels",
+                     "max_points_per_batch"):
+            _number(self, name, integer=True, lo=1)
+        _number(self, "refine_top", integer=True, lo=1, none_ok=True)
+        for name in ("exact_top", "refine_iters", "dust_min_size", "seed"):
+            _number(self, name, integer=True, lo=0)
+        for name in ("lr_quat", "smooth_sigma", "shift_tol"):
+            _number(self, name, lo=0, lo_open=True)
+        _number(self, "lr_trans", lo=0, lo_open=True, none_ok=True)
+        _number(self, "negative", lo=0)
+        _number(self, "angle_tol", lo=0, hi=180, lo_open=True)
+        _number(self, "min_inside_fraction", lo=0, hi=1)
+        _flag(self, "refine")
+        if self.copies != "auto":
+            _number(self, "copies", integer=True, lo=1, none_ok=True)
+        _number(self, "min_plddt", lo=0, hi=100, none_ok=True)
+        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
+            raise DifffitInputError(f"{opt('device')} must be auto, cpu, cuda or cuda:N, "
+                                    f"got {self.device!r}")
 
     def torch_device(self):
         """The torch.device to fit on: "auto" is a CUDA GPU when torch sees one, else the CPU.
@@ -78,7 +136,8 @@ class FitParams:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise DifffitInputError("device 'cuda' asked for, but torch sees no CUDA GPU; use device='cpu'")
+            raise DifffitInputError(f"{opt('device', self.device)} asked for, but torch sees no "
+                                    f"CUDA GPU; use {opt('device', 'cpu')}")
         return device
 
 
@@ -134,18 +193,13 @@ class AcceptRules:
     max_rounds: int = 10
 
     def __post_init__(self):
+        _number(self, "min_score", lo=-1, hi=1)
         for name in ("rel_score", "min_inside", "max_clash"):
-            v = float(getattr(self, name))
-            if not 0.0 <= v <= 1.0:
-                raise DifffitInputError(f"{name} must be between 0 and 1, got {v}")
-        if not 0.0 < float(self.zero_fraction) < 1.0:
-            raise DifffitInputError(f"zero_fraction must be between 0 and 1 (exclusive), "
-                                    f"got {self.zero_fraction}")
-        if not float(self.clash_distance) > 0:
-            raise DifffitInputError(f"clash_distance must be positive, got {self.clash_distance}")
+            _number(self, name, lo=0, hi=1)
+        _number(self, "zero_fraction", lo=0, hi=1, lo_open=True, hi_open=True)
+        _number(self, "clash_distance", lo=0, lo_open=True)
         for name in ("empty_rounds", "max_rounds"):
-            if int(getattr(self, name)) < 1:
-                raise DifffitInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+            _number(self, name, integer=True, lo=1)
 
 
 @dataclass
@@ -171,13 +225,10 @@ class IdentifyParams:
     def __post_init__(self):
         from .structures import SELECTIONS
 
-        if self.score not in SCORES:
-            raise DifffitInputError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
-        if int(self.batch_atoms) < 1:
-            raise DifffitInputError(f"batch_atoms must be >= 1, got {self.batch_atoms}")
-        if self.selection not in SELECTIONS:
-            raise DifffitInputError(f"selection must be one of {', '.join(SELECTIONS)}, "
-                                    f"got {self.selection!r}")
+        _choice(self, "score", SCORES)
+        _number(self, "batch_atoms", integer=True, lo=1)
+        _choice(self, "selection", SELECTIONS)
+        _flag(self, "skip_bad")
 
 
 def resolve(overrides: dict[str, Any], *given: tuple[type, Any]) -> list[Any]:

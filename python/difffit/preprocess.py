@@ -34,7 +34,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from .errors import DifffitInputError
+from .errors import DifffitInputError, opt
 
 __all__ = [
     "Pyramid",
@@ -257,7 +257,7 @@ def build_pyramid(
     if threshold >= vmax:
         raise DifffitInputError(
             f"threshold {threshold:g} is at or above the map's maximum {vmax:g}: "
-            "no voxel is above the contour"
+            f"no voxel is above the contour; lower {opt('threshold')}"
         )
 
     # 1-2. Contour, then dust removal on the above-contour mask.
@@ -268,7 +268,8 @@ def build_pyramid(
         raise DifffitInputError(
             f"nothing is left of the map after dust removal: the largest 6-connected "
             f"component above threshold {threshold:g} has {sizes} voxels, fewer than "
-            f"dust_min_size={dust_min_size}; lower the threshold or dust_min_size"
+            f"{opt('dust_min_size', dust_min_size)}; lower {opt('threshold')} or "
+            f"{opt('dust_min_size')}"
         )
 
     # 3. Robust normalisation of the kept values.

@@ -29,11 +29,17 @@ from .structures import Structure, combine, read_structure
 from .tables import fmt_centre, pose_columns, text_table
 
 __all__ = ["Pose", "Placement", "FitResult", "CompositePlacement", "RoundRecord",
-           "CompositeResult", "Candidate", "IdentifyResult"]
+           "CompositeResult", "Candidate", "IdentifyResult", "score_column"]
 
 
 def _nan(x) -> float:
     return float("nan") if x is None else float(x)
+
+
+def score_column(metric: str) -> str:
+    """The name of the score column of result rows: the score with its metric,
+    ``"score (cam)"``, so that a table read alone says what its score is."""
+    return f"score ({metric})"
 
 
 @dataclass
@@ -118,7 +124,11 @@ class Placement(Pose):
         rank: 1-based, within its structure.
         iteration: recorded iteration of the representative start.
         start: index of the representative's start (within its structure).
-        refined: whether it was refined against the unsmoothed map.
+        refined: whether it was refined against the unsmoothed map (its metrics are then
+            ChimeraX-exact when it is among the structure's ``exact_top`` best).
+        zscore: (score - mean) / std of the scores of all the structure's clusters.
+        copy: with ``copies``: its copy number (1, 2, ...) when it is one of the distinct
+            copies ranked first, else 0.
     """
 
     structure_index: int
@@ -127,11 +137,16 @@ class Placement(Pose):
     iteration: int
     start: int
     refined: bool
+    zscore: float = float("nan")
+    copy: int = 0
 
-    def row(self) -> dict:
-        return {"structure": self.structure_name, "rank": self.rank, "hits": self.hits,
-                "score": self.score, **self.metrics, **self.pose_columns(),
-                "iteration": self.iteration, "start": self.start, "refined": self.refined}
+    def row(self, score_name: str) -> dict:
+        """The CSV / JSON row; ``score_name``: the ranking metric (the fit's ``rank_by``)."""
+        return {"structure": self.structure_name, "input": self.structure_index + 1,
+                "rank": self.rank, "hits": self.hits, score_column(score_name): self.score,
+                **self.metrics, **self.pose_columns(),
+                "iteration": self.iteration, "start": self.start, "refined": self.refined,
+                "zscore": self.zscore, "copy": self.copy}
 
 
 @dataclass
@@ -146,13 +161,16 @@ class FitResult(_Placements):
     threshold: float
     timings: dict[str, float] = field(default_factory=dict)
     trajectory: dict[str, np.ndarray] = field(default_factory=dict)
+    # structure name -> why its answer is not clearly separated (copies.significance)
+    ambiguous: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the fit noticed about its inputs
 
     def _names(self) -> list[str]:
         return [s.name for s in self.structures]
 
     def rows(self) -> list[dict]:
         """One flat dict per placement (for CSV / JSON), best first."""
-        return [p.row() for p in self.placements]
+        return [p.row(self.params.rank_by) for p in self.placements]
 
     def summary_table(self, top: int = 3) -> str:
         """The top placements of every structure: rank, hits, correlation, cam, fraction
@@ -163,14 +181,15 @@ class FitResult(_Placements):
             if p.structure_index not in order:
                 order.append(p.structure_index)
         lines = [(p.structure_name, str(p.rank), str(p.hits), f"{p.metric('correlation'):.3f}",
-                  f"{p.metric('cam'):.3f}", f"{p.metric('inside_fraction'):.2f}",
+                  f"{p.metric('cam'):.3f}", f"{p.zscore:.1f}", f"{p.metric('inside_fraction'):.2f}",
                   fmt_centre(p.centre))
                  for i in order for p in self.for_structure(i)[: max(int(top), 0)]]
-        text = text_table(("structure", "rank", "hits", "corr", "cam", "inside",
+        text = text_table(("structure", "rank", "hits", "corr", "cam", "z", "inside",
                            "centroid (x, y, z) A"), lines)
         missing = [s.name for k, s in enumerate(self.structures) if k not in order]
         if missing:
             text.append(f"no placement for: {', '.join(missing)}")
+        text += [f"ambiguous: {name}: {why}" for name, why in self.ambiguous.items()]
         return "\n".join(text)
 
 
@@ -197,10 +216,12 @@ class CompositePlacement(Pose):
     round: int
     chains: list[str]
 
-    def row(self) -> dict:
+    def row(self, score_name: str) -> dict:
+        """The CSV / JSON row; ``score_name``: the ranking metric (the fit's ``rank_by``)."""
         return {"structure": self.structure_name, "input": self.structure_index + 1,
                 "copy": self.copy, "chains": " ".join(self.chains), "round": self.round,
-                "score": self.score, "hits": self.hits, **self.metrics, **self.pose_columns()}
+                score_column(score_name): self.score, "hits": self.hits, **self.metrics,
+                **self.pose_columns()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompositePlacement":
@@ -278,7 +299,7 @@ class CompositeResult(_Placements):
 
     def rows(self) -> list[dict]:
         """One flat dict per accepted copy (for CSV / JSON)."""
-        return [p.row() for p in self.placements]
+        return [p.row(self.params.rank_by) for p in self.placements]
 
     def summary_table(self) -> str:
         """A text table of the placed copies (no trailing newline)."""
@@ -346,7 +367,9 @@ class Candidate(Pose):
         return self.name
 
     def row(self, score_name: str) -> dict:
-        return {"rank": self.rank, "name": self.name, f"score ({score_name})": self.score,
+        """The CSV / JSON row; ``score_name``: the ranking score (identify's ``score``)."""
+        return {"rank": self.rank, "name": self.name, "input": self.index + 1,
+                score_column(score_name): self.score,
                 "zscore": self.zscore, "hits": self.hits, "n_clusters": self.n_clusters,
                 "n_atoms": self.n_atoms, "n_fit_atoms": self.n_fit_atoms,
                 **{k: self.metrics.get(k, float("nan")) for k in METRICS},

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import DifffitInputError
+from .errors import DifffitInputError, opt
 from .files import jsonable, write_json
 from .maps import DensityMap
 from .structures import Structure
@@ -87,8 +87,8 @@ def check_outdir(outdir: Path, force: bool) -> None:
         raise DifffitInputError(f"{outdir}: output path exists and is not a folder")
     if outdir.is_dir() and any(outdir.iterdir()) and not force:
         raise FileExistsError(
-            f"output folder {outdir} already exists and is not empty; choose another with "
-            f"-o/--outdir or pass --force (force=True) to overwrite the files in it")
+            f"output folder {outdir} already exists and is not empty; choose another "
+            f"({opt('outdir')}) or pass {opt('force', True)} to overwrite the files in it")
 
 
 class RunFolder:
@@ -132,18 +132,18 @@ class RunFolder:
                 raise DifffitInputError(
                     f"{self.dir}: cannot resume, the {self.what} run recorded there differs: "
                     f"{'; '.join(diffs)} (resume with the same inputs and settings, start a "
-                    f"new run in another folder, or force to restart here)")
+                    f"new run in another folder, or pass {opt('force', True)} to restart here)")
             return state
         busy = self.dir.is_dir() and any(self.dir.iterdir())
         if busy and not force:
             if resume:
                 raise DifffitInputError(
                     f"{self.dir}: nothing to resume (no {self.state_path.relative_to(self.dir)})"
-                    f"; choose an empty folder, or force to start afresh")
+                    f"; choose an empty folder, or pass {opt('force', True)} to start afresh")
             raise FileExistsError(
                 f"output folder {self.dir} already exists and is not empty; choose another, "
-                f"resume the run recorded there (--resume / resume=True), or pass --force "
-                f"(force=True) to start anew in it")
+                f"resume the run recorded there ({opt('resume', True)}), or pass "
+                f"{opt('force', True)} to start anew in it")
         if busy:
             self.clear()
         self.dir.mkdir(parents=True, exist_ok=True)

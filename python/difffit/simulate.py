@@ -1,13 +1,17 @@
-"""Simulated maps (ChimeraX ``molmap`` semantics) on the splatting kernel, and the map
+"""Simulated maps with ChimeraX ``molmap`` semantics, on the splatting kernel, and the map
 processing built on them: the density placed structures explain, and zeroing it out.
 
-A simulated map is a sum of one Gaussian per atom: amplitude = atomic number,
-sigma = 0.225 x resolution (molmap's sigmaFactor 1 / (pi sqrt 2)), truncated at 5 sigma.
-Molmap's default grid spacing is resolution / 3. The Gaussians are not normalised: a
-constant factor changes no correlation and no contour expressed relative to the maximum.
+A simulated map is a sum of one normalised Gaussian per atom: amplitude = atomic number /
+((2 pi)^(3/2) sigma^3), sigma = resolution / (pi sqrt 2) (molmap's sigmaFactor, about
+0.225 x resolution), truncated at 5 sigma. Molmap lays a grid of spacing resolution / 3
+over the atoms' bounding box padded by 3 x resolution, aligned with the world axes, and
+shows it at the contour that encloses 95 % of the total density: :func:`molmap_envelope`
+gives those points, which ChimeraX ``fitmap`` uses to score a model against a map
+(docs/method.md section 6).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -17,10 +21,11 @@ from . import ops
 from .errors import DifffitInputError
 from .maps import DensityMap
 from .params import AcceptRules
-from .structures import Structure
+from .structures import Structure, simulation_mask
 
-SIGMA_FACTOR = 0.225
+SIGMA_FACTOR = 1.0 / (math.pi * math.sqrt(2.0))
 CUTOFF_SIGMAS = 5.0
+ENCLOSED_FRACTION = 0.95   # of the total density, inside molmap's display contour
 
 
 def sigma_for(resolution: float) -> float:
@@ -32,113 +37,171 @@ def sigma_for(resolution: float) -> float:
 
 def splat_atoms(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: float,
                 origin: Sequence[float], voxel_size: Sequence[float], shape_zyx: Sequence[int],
-                device: str = "cpu") -> np.ndarray:
-    """Simulated density of atoms on a given grid.
+                device: str = "cpu", dtype=np.float32) -> np.ndarray:
+    """Simulated density of atoms on a given grid (normalised Gaussians, as molmap).
 
     Args:
         coords: [N, 3] world coordinates (Angstrom).
-        atomic_numbers: [N] amplitudes.
+        atomic_numbers: [N] amplitudes before normalisation.
         resolution: map resolution (Angstrom).
         origin, voxel_size: grid frame (x, y, z); shape_zyx: (nz, ny, nx).
+        dtype: of the returned array.
 
     Returns:
-        [nz, ny, nx] float32 array.
+        [nz, ny, nx] array.
     """
-    pts = torch.as_tensor(np.ascontiguousarray(coords, dtype=np.float64), device=device)
-    amp = torch.as_tensor(np.asarray(atomic_numbers, dtype=np.float64), device=device)
-    grid = ops.splat(pts, amp, sigma_for(resolution), CUTOFF_SIGMAS, list(shape_zyx),
+    sigma = sigma_for(resolution)
+    norm = (2.0 * math.pi) ** -1.5 * sigma ** -3
+    tdt = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    pts = torch.as_tensor(np.ascontiguousarray(coords, dtype=np.float64), device=device).to(tdt)
+    amp = torch.as_tensor(np.asarray(atomic_numbers, dtype=np.float64) * norm, device=device).to(tdt)
+    grid = ops.splat(pts, amp, sigma, CUTOFF_SIGMAS, list(shape_zyx),
                      list(map(float, origin)), list(map(float, voxel_size)))
-    return grid.float().cpu().numpy()
+    return grid.cpu().numpy().astype(dtype, copy=False)
+
+
+def molmap_grid(coords: np.ndarray, resolution: float, spacing: float | None = None
+                ) -> tuple[np.ndarray, float, tuple[int, int, int]]:
+    """Molmap's grid around atoms: (origin [3], spacing, shape (nz, ny, nx)).
+
+    Spacing resolution / 3 by default; the atoms' bounding box padded by 3 x resolution.
+    """
+    step = float(spacing) if spacing else float(resolution) / 3.0
+    pad = 3.0 * float(resolution)
+    lo = coords.min(0) - pad
+    n = np.ceil((coords.max(0) - coords.min(0) + 2.0 * pad) / step).astype(np.int64)
+    return lo, step, (int(n[2]), int(n[1]), int(n[0]))
+
+
+def check_grid_size(shape_zyx: Sequence[int], what: str, limit: float = 2e9) -> None:
+    """Refuse a grid too large to allocate (float64 bytes), naming its size."""
+    n = float(np.prod([float(k) for k in shape_zyx]))
+    if n * 8 > limit:
+        raise DifffitInputError(
+            f"{what}: a grid of {' x '.join(map(str, shape_zyx[::-1]))} voxels "
+            f"({n * 8 / 1e9:.1f} GB) is too large; use a coarser spacing or a lower resolution")
 
 
 def molmap(structure: Structure, resolution: float, like: DensityMap | None = None,
            spacing: float | None = None, device: str = "cpu") -> DensityMap:
-    """Simulated map of a structure (all its kept atoms).
+    """Simulated map of a structure (every atom but waters), as ChimeraX ``molmap``.
 
     Args:
         structure: the atoms to simulate.
         resolution: Angstrom.
         like: put the simulated map on this map's grid (same origin, voxel size, shape);
-            otherwise a box around the atoms with a 5 sigma margin and spacing
-            ``spacing`` (default resolution / 3, as molmap).
+            otherwise molmap's own box (:func:`molmap_grid`), spacing ``spacing``
+            (default resolution / 3).
 
     Returns:
         DensityMap of the simulated density.
     """
+    sel = simulation_mask(structure)
+    xyz, z = structure.coords[sel], structure.atomic_numbers[sel]
     if like is not None:
-        data = splat_atoms(structure.coords, structure.atomic_numbers, resolution, like.origin,
-                           like.voxel_size, like.data.shape, device)
+        data = splat_atoms(xyz, z, resolution, like.origin, like.voxel_size, like.data.shape,
+                           device)
         return like.copy_with(data)
-    step = float(spacing) if spacing else float(resolution) / 3.0
-    margin = CUTOFF_SIGMAS * sigma_for(resolution)
-    lo = structure.coords.min(0) - margin
-    hi = structure.coords.max(0) + margin
-    n_xyz = np.ceil((hi - lo) / step).astype(int) + 1
-    shape = (int(n_xyz[2]), int(n_xyz[1]), int(n_xyz[0]))
-    data = splat_atoms(structure.coords, structure.atomic_numbers, resolution, lo,
-                       (step, step, step), shape, device)
+    if len(xyz) == 0:
+        raise DifffitInputError(f"{structure.name}: no atoms to simulate")
+    lo, step, shape = molmap_grid(xyz, resolution, spacing)
+    check_grid_size(shape, f"simulated map of {structure.name}")
+    data = splat_atoms(xyz, z, resolution, lo, (step, step, step), shape, device)
     return DensityMap(data=data, origin=lo.astype(np.float64),
                       voxel_size=np.full(3, step, dtype=np.float64), path=None)
 
 
-def _simulated_box(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: float,
-                   spacing: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Simulated density on a box around the atoms with a 3 sigma margin.
+def enclosing_level(values: np.ndarray, fraction: float = ENCLOSED_FRACTION) -> float:
+    """The highest level such that values at or above it hold ``fraction`` of the sum of
+    all (non-negative) values: molmap's display contour."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    total = float(v.sum())
+    if not total > 0:
+        return 0.0
+    # Sorting only the upper values is exact when they already hold the fraction.
+    top = v[v > 1e-3 * v.max()]
+    if top.sum() < fraction * total:
+        top = v
+    top = np.sort(top)[::-1]
+    k = int(np.searchsorted(np.cumsum(top), fraction * total))
+    return float(top[min(k, top.size - 1)])
 
-    Returns:
-        (grid [nz, ny, nx] float32, world position of voxel (0, 0, 0) [3], spacing).
-    """
-    step = float(spacing) if spacing else float(resolution) / 3.0
-    margin = 3.0 * sigma_for(resolution)
-    lo = coords.min(0) - margin
-    n_xyz = np.ceil((coords.max(0) + margin - lo) / step).astype(int) + 1
-    shape = (int(n_xyz[2]), int(n_xyz[1]), int(n_xyz[0]))
-    grid = splat_atoms(coords, atomic_numbers, resolution, lo, (step, step, step), shape)
-    return grid, lo, step
 
-
-def molmap_points(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: float,
-                  contour_fraction: float = 0.1, spacing: float | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Grid points of a simulated map above a contour, with their simulated values.
-
-    These weighted points carry the ChimeraX-style fit metrics (overlap, correlation, cam
-    between the simulated map and the target sampled at the moved points), as ``fitmap``
-    computes them for a map fitted into a map.
+def molmap_envelope(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: float,
+                    frame: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The grid points of a molmap inside its display contour, with their values: the
+    points ChimeraX ``fitmap`` scores a model with.
 
     Args:
-        coords, atomic_numbers: the atoms ([N, 3], [N]).
-        contour_fraction: keep points above this fraction of the simulated maximum.
+        coords: [N, 3] atoms (world coordinates); atomic_numbers: [N].
+        resolution: Angstrom.
+        frame: (origin [3], axes [3, 3] orthonormal columns) to lay the grid out in; None
+            lays it along the world axes, as molmap does for atoms where they are.
 
     Returns:
         (points [K, 3] world coordinates, values [K]) as float64 arrays.
     """
-    grid, lo, step = _simulated_box(coords, atomic_numbers, resolution, spacing)
-    keep = grid > contour_fraction * grid.max()
+    local = coords if frame is None else (coords - frame[0]) @ frame[1]
+    lo, step, shape = molmap_grid(local, resolution)
+    check_grid_size(shape, "simulated map")
+    # float32 is ample for a contour and the weights, and twice as quick to splat.
+    grid = splat_atoms(local, atomic_numbers, resolution, lo, (step,) * 3, shape)
+    keep = grid >= enclosing_level(grid)
     z, y, x = np.nonzero(keep)
     pts = lo + np.stack([x, y, z], axis=1) * step
-    return pts.astype(np.float64), grid[keep].astype(np.float64)
+    if frame is not None:
+        pts = pts @ frame[1].T + frame[0]
+    return pts, grid[keep].astype(np.float64)
+
+
+def principal_frame(coords: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A frame that moves with the atoms: ``centre`` and the principal axes of the atoms
+    about it (signs fixed by the third moments), so a grid laid out in it does not depend
+    on the coordinate frame the model came in.
+
+    Returns:
+        (origin [3], axes [3, 3] with the axes as columns, a proper rotation).
+    """
+    x = coords - centre
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    axes = vt.T.copy()
+    for k in range(3):  # a sign that moves with the atoms: the skew along the axis
+        if np.sum((x @ axes[:, k]) ** 3) < 0:
+            axes[:, k] = -axes[:, k]
+    if np.linalg.det(axes) < 0:
+        axes[:, 2] = -axes[:, 2]
+    return np.asarray(centre, dtype=np.float64), axes
 
 
 def sample_simulated(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: float
                      ) -> np.ndarray:
     """[N] the structure's own simulated density at each of its atoms (W_i of the atom
-    metrics), trilinear on the simulated grid with the kernels' sampling.
+    metrics), trilinear on its molmap grid with the kernels' sampling.
 
     Args:
         coords: [N, 3]; atomic_numbers: [N].
     """
-    grid, lo, step = _simulated_box(coords, atomic_numbers, resolution)
-    n = coords.shape[0]
-    # Each atom is a one-point "molecule" at the identity pose, so the kernel's per-
-    # placement sum of sampled densities is the sample at that atom.
-    volume = torch.from_numpy(grid.astype(np.float64)).unsqueeze(-1).contiguous()
-    pts = torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float64))
-    quat = torch.zeros(n, 4, dtype=torch.float64)
+    lo, step, shape = molmap_grid(coords, resolution)
+    grid = splat_atoms(coords, atomic_numbers, resolution, lo, (step,) * 3, shape,
+                       dtype=np.float64)
+    return sample_points(torch.from_numpy(grid).unsqueeze(-1), lo, [step] * 3,
+                         torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float64)))
+
+
+def sample_points(volume: torch.Tensor, origin: Sequence[float], voxel_size: Sequence[float],
+                  points: torch.Tensor) -> np.ndarray:
+    """[N] trilinear samples of a one-channel volume [D, H, W, 1] at points [N, 3] (world),
+    with the kernels' sampling (border clamping)."""
+    n = points.shape[0]
+    # Each point is a one-point "molecule" at the identity pose, so the kernel's per-
+    # placement sum of sampled densities is the sample at that point.
+    quat = torch.zeros(n, 4, dtype=volume.dtype)
     quat[:, 0] = 1.0
-    st = ops.point_stats(volume, lo.tolist(), [step] * 3, pts, torch.ones(n, dtype=torch.float64),
-                         torch.arange(n + 1), quat, torch.zeros(n, 3, dtype=torch.float64),
-                         torch.arange(n))
+    st = ops.point_stats(volume.contiguous(), list(map(float, origin)),
+                         list(map(float, voxel_size)), points.to(volume.dtype).contiguous(),
+                         torch.ones(n, dtype=volume.dtype), torch.arange(n + 1), quat,
+                         torch.zeros(n, 3, dtype=volume.dtype), torch.arange(n))
     return st[:, 2].numpy()
 
 

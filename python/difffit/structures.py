@@ -1,14 +1,15 @@
 """Atomic structures: the Structure type, reading, selecting, moving and writing models.
 
-Structure reading keeps one model, the first alternative conformation, and (by default)
-neither hydrogens, waters nor ligands. Atom selections ("backbone", "ca") are made by
+Structure reading keeps one model, the first alternative conformation, and every atom of
+them (hydrogens, waters, ligands, ions and unknown residues too, unless asked to drop
+them): written models carry every atom of the input. Atom selections ("backbone", "ca") are made by
 residue type *and* atom name, so that a water oxygen or a calcium ion named "CA" is never
 taken for a backbone atom.
 """
 from __future__ import annotations
 
 import gzip
-import warnings
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,8 +17,9 @@ from typing import Sequence
 import gemmi
 import numpy as np
 
-from .errors import DifffitInputError
+from .errors import DifffitInputError, opt, warn
 from .files import atomic_write, is_gz, refuse_existing, stem
+from .pdbx import recorded_sequences, setup_pdbx
 
 __all__ = ["Structure", "SELECTIONS", "read_structure", "split_chains", "write_structure",
            "trace_mask", "simulation_mask", "combine"]
@@ -51,7 +53,8 @@ def _residue_class(res: gemmi.Residue) -> str:
     if res.is_water():
         return _WATER
     info = gemmi.find_tabulated_residue(res.name)
-    if info is not None:
+    # gemmi answers names it does not know with an UNKNOWN entry: classified by atoms below.
+    if info is not None and info.kind != gemmi.ResidueKind.UNKNOWN:
         if info.is_amino_acid():
             return _AA
         if info.is_nucleic_acid():
@@ -99,8 +102,9 @@ class Structure:
     Attributes:
         name: file stem, plus ``_<chain>`` for structures made by :func:`split_chains`.
         path: source file, if any.
-        coords: [N, 3] float64 world coordinates of all kept atoms (after the water,
-            ligand and hydrogen filters), in the atom order of ``gemmi_structure``.
+        coords: [N, 3] float64 world coordinates of all kept atoms (every atom of the
+            input's model and chains, unless waters, ligands or hydrogens were dropped),
+            in the atom order of ``gemmi_structure``.
         atomic_numbers: [N] int32 atomic numbers (unknown element -> 6, carbon).
         fit_mask: [N] bool, True for the atoms used for fitting (the selection).
         chain_ids: [N] str chain name of each atom.
@@ -212,28 +216,33 @@ def read_structure(
     path,
     selection: str = "backbone",
     chains: Sequence[str] | None = None,
-    keep_waters: bool = False,
-    keep_ligands: bool = False,
-    keep_hydrogens: bool = False,
+    keep_waters: bool = True,
+    keep_ligands: bool = True,
+    keep_hydrogens: bool = True,
     model_index: int = 0,
 ) -> Structure:
-    """Read a PDB or mmCIF model (optionally gzip-compressed) for fitting.
+    """Read a PDB or mmCIF model (optionally gzip-compressed) for fitting, or take a
+    ``gemmi.Structure`` (which is not modified) as one.
 
-    Only one model is kept and, for atoms with alternative conformations, the first one.
-    Residues are classified one by one (amino acid, nucleotide, water, other): see
-    ``_residue_class``. Ligands are all non-polymer, non-water residues (ions, sugars,
-    cofactors).
+    Every atom of the chosen model and chains is kept (so written models carry them all,
+    moved rigidly); ``selection`` only decides which atoms are fitted. For atoms with
+    alternative conformations the first one is kept. Residues are classified one by one
+    (amino acid, nucleotide, water, other): see ``_residue_class``. Ligands are all
+    non-polymer, non-water residues (ions, sugars, cofactors).
 
     Args:
-        path: .pdb / .ent / .cif / .mmcif, optionally .gz.
+        path: .pdb / .ent / .cif / .mmcif, optionally .gz; or a ``gemmi.Structure``
+            (the Structure's name is then the gemmi structure's).
         selection: atoms used for fitting, one of SELECTIONS:
             "backbone": N, CA, C, O of amino acids and the sugar-phosphate backbone of
             nucleotides (P, OP1, OP2, O5', C5', C4', O4', C3', O3', C2', C1');
             "ca": CA of amino acids and P of nucleotides;
             "heavy": all non-hydrogen kept atoms; "all": all kept atoms.
         chains: keep only these chain names (default: all chains).
-        keep_waters, keep_ligands, keep_hydrogens: keep these atoms (they are then in
-            ``coords`` and in "all"/"heavy", never in "backbone"/"ca").
+        keep_waters, keep_ligands, keep_hydrogens: keep these atoms (the default; they
+            are then in ``coords`` and in "all" ("heavy" without hydrogens), never in
+            "backbone"/"ca"). False leaves them out of the structure and of the models
+            written from it.
         model_index: which model (0-based position in the file) to use.
 
     Returns:
@@ -243,11 +252,15 @@ def read_structure(
         DifffitInputError: missing or unparsable file, no such model, unknown chain,
             no atoms left after filtering, or an empty selection.
     """
-    p = Path(path)
     if selection not in SELECTIONS:
         raise DifffitInputError(
-            f"{p}: unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}"
+            f"{path if isinstance(path, (str, os.PathLike)) else 'structure'}: unknown "
+            f"selection {selection!r}; choose one of {', '.join(SELECTIONS)}"
         )
+    if isinstance(path, gemmi.Structure):
+        return _prepare(path.clone(), path.name or "structure", None, selection, chains,
+                        keep_waters, keep_ligands, keep_hydrogens, model_index)
+    p = _as_path(path)
     if not p.exists():
         raise DifffitInputError(f"{p}: structure file does not exist")
     if not p.is_file() or p.stat().st_size == 0:
@@ -256,7 +269,24 @@ def read_structure(
         st = gemmi.read_structure(str(p))
     except (RuntimeError, ValueError, OSError) as exc:
         raise DifffitInputError(f"{p}: cannot read as a PDB/mmCIF structure: {exc}") from exc
+    return _prepare(st, stem(p), str(p), selection, chains, keep_waters, keep_ligands,
+                    keep_hydrogens, model_index)
 
+
+def _as_path(path) -> Path:
+    if isinstance(path, (str, os.PathLike)):
+        return Path(path)
+    raise DifffitInputError(f"a structure must be given as the path of a PDB/mmCIF file "
+                            f"(str or pathlib.Path) or a gemmi.Structure, got "
+                            f"{type(path).__name__}")
+
+
+def _prepare(st: gemmi.Structure, name: str, path: str | None, selection: str, chains,
+             keep_waters: bool, keep_ligands: bool, keep_hydrogens: bool,
+             model_index: int) -> Structure:
+    """Keep one model, its first conformations, the chosen chains and kinds of atoms of
+    ``st`` (modified in place), and make the Structure."""
+    p = path or name
     n_models = len(st)
     if n_models == 0 or not any(len(res) for model in st for ch in model for res in ch):
         # gemmi reads any text as a PDB file; no atoms at all means it was not one.
@@ -290,30 +320,30 @@ def read_structure(
                 del model[i]
 
     # Remove waters / ligands residue by residue (see _residue_class for why not by entity).
-    for chain in model:
-        for i in reversed(range(len(chain))):
-            cls = _residue_class(chain[i])
-            if (cls == _WATER and not keep_waters) or (cls == _OTHER and not keep_ligands):
-                del chain[i]
+    if not (keep_waters and keep_ligands):
+        for chain in model:
+            for i in reversed(range(len(chain))):
+                cls = _residue_class(chain[i])
+                if (cls == _WATER and not keep_waters) or (cls == _OTHER and not keep_ligands):
+                    del chain[i]
     st.remove_empty_chains()
 
     if sum(len(res) for ch in st[0] for res in ch) == 0:
-        removed = [
-            what
-            for what, kept in (("waters", keep_waters), ("ligands", keep_ligands),
-                               ("hydrogens", keep_hydrogens))
-            if not kept
-        ]
+        removed = [(what, key) for what, key, kept in (
+            ("waters", "keep_waters", keep_waters), ("ligands", "keep_ligands", keep_ligands),
+            ("hydrogens", "keep_hydrogens", keep_hydrogens)) if not kept]
         raise DifffitInputError(
             f"{p}: no atoms left in chains {list(chains or available)} after removing "
-            f"{', '.join(removed) or 'nothing'}; see keep_waters / keep_ligands / keep_hydrogens"
+            f"{', '.join(w for w, _ in removed) or 'nothing'}"
+            + (f"; keep them ({', '.join(opt(k, True) for _, k in removed)})" if removed else "")
         )
 
-    out = _structure_from_gemmi(st, stem(p), str(p), selection)
+    out = _structure_from_gemmi(st, name, path, selection)
     if out.n_fit_atoms == 0:
         raise DifffitInputError(
             f"{p}: selection {selection!r} matches no atoms "
-            f"({out.n_atoms} atoms kept, chains {out.chains})"
+            f"({out.n_atoms} atoms kept, chains {out.chains}); choose another "
+            f"({opt('selection')}: {', '.join(SELECTIONS)})"
         )
     return out
 
@@ -334,11 +364,8 @@ def split_chains(structure: Structure) -> list[Structure]:
     for chain in structure.chains:
         sel = structure.chain_ids == chain  # [N] bool
         if not np.any(structure.fit_mask[sel]):
-            warnings.warn(
-                f"{structure.path or structure.name}: chain {chain!r} has no atoms in the "
-                f"fitting selection; skipped",
-                stacklevel=2,
-            )
+            warn(f"{structure.path or structure.name}: chain {chain!r} has no atoms in the "
+                 f"fitting selection; skipped")
             continue
         st = structure.gemmi_structure.clone()
         model = st[0]
@@ -410,6 +437,10 @@ def write_structure(
     base = lower[:-3] if lower.endswith(".gz") else lower
     try:
         if base.endswith((".cif", ".mmcif")):
+            # The input's entity records name subchains that filtering may have removed
+            # (waters, ligands, chains) and PDB input has no label_seq_id: rebuilt so the
+            # file is consistent PDBx (st is the transformed clone, not the input's).
+            setup_pdbx(st, recorded_sequences(st), _is_polymer)
             text = st.make_mmcif_document().as_string()
         else:
             text = st.make_pdb_string()
@@ -421,6 +452,11 @@ def write_structure(
     if is_gz(p):
         payload = gzip.compress(payload)
     atomic_write(p, payload)
+
+
+def _is_polymer(res: gemmi.Residue) -> bool:
+    """An amino acid or a nucleotide (the polymers of written models' entities)."""
+    return _residue_class(res) in (_AA, _NA)
 
 
 def _atom_classes(s: Structure) -> list[str]:
@@ -469,25 +505,29 @@ def combine(parts: Sequence[tuple[Structure, list[str]]], name: str = "combined"
 
     Returns:
         A Structure whose gemmi model has every chain of every part; subchain
-        (label_asym_id) and entity records are rebuilt, copies of one input keep one entity.
+        (label_asym_id) and entity records are rebuilt (:func:`difffit.pdbx.setup_pdbx`):
+        copies of one input share one entity, which keeps the input's recorded sequence.
     """
     st = gemmi.Structure()
     st.name = f"difffit_{name}"
     model = gemmi.Model("1")
     coords, znum, fmask, chain_ids = [], [], [], []
+    sequences: dict[str, list[str]] = {}
     for moved, names in parts:
         rename = dict(zip(moved.chains, names))
+        recorded = recorded_sequences(moved.gemmi_structure)
         for ch in moved.gemmi_structure[0]:
             c = ch.clone()
             c.name = rename[ch.name]
             model.add_chain(c)
+            if ch.name in recorded:
+                sequences[c.name] = recorded[ch.name]
         coords.append(moved.coords)
         znum.append(moved.atomic_numbers)
         fmask.append(moved.fit_mask)
         chain_ids.append(np.array([rename[c] for c in moved.chain_ids.tolist()], dtype=object))
     st.add_model(model)
-    st.setup_entities()
-    st.assign_subchains(force=True)
+    setup_pdbx(st, sequences, _is_polymer)
     if not parts:
         return Structure(name=name, path=None, coords=np.zeros((0, 3)),
                          atomic_numbers=np.zeros(0, np.int32), fit_mask=np.zeros(0, bool),
@@ -495,3 +535,54 @@ def combine(parts: Sequence[tuple[Structure, list[str]]], name: str = "combined"
     return Structure(name=name, path=None, coords=np.concatenate(coords),
                      atomic_numbers=np.concatenate(znum), fit_mask=np.concatenate(fmask),
                      chain_ids=np.concatenate(chain_ids).astype(str), gemmi_structure=st)
+
+
+def bfactors(s: Structure) -> np.ndarray:
+    """[N] the B-factor column of every atom (pLDDT in AlphaFold models), in atom order."""
+    out = np.asarray([a.b_iso for ch in s.gemmi_structure[0] for res in ch for a in res],
+                     dtype=np.float64)
+    if out.shape[0] != s.n_atoms:
+        raise DifffitInputError(f"{s.name}: its gemmi model and coordinates disagree in size")
+    return out
+
+
+def alphafold_evidence(s: Structure) -> str | None:
+    """Why the structure looks like a predicted model with pLDDT in its B-factors (an
+    AlphaFold-style model), or None.
+
+    Evidence: the file's title or remarks name AlphaFold; or every B-factor lies in
+    [0, 100], is constant within each residue and the mean is above 40 (experimental
+    B-factors vary from atom to atom).
+    """
+    st = s.gemmi_structure
+    text = " ".join([*map(str, st.info.values()), *st.raw_remarks]).lower()
+    if "alphafold" in text:
+        return "its header names AlphaFold"
+    b = bfactors(s)
+    if b.size == 0 or b.min() < 0 or b.max() > 100 or b.mean() <= 40:
+        return None
+    k = 0
+    for ch in st[0]:
+        for res in ch:
+            n = len(res)
+            if n and np.ptp(b[k:k + n]) > 1e-3:
+                return None
+            k += n
+    return "its B-factors are per-residue values in 0-100 (pLDDT-like)"
+
+
+def with_min_plddt(s: Structure, min_plddt: float) -> Structure:
+    """A copy of the structure whose fitted atoms are only those of residues with
+    pLDDT (the B-factor column) at least ``min_plddt``; every atom is still kept (and
+    written), only the fit ignores the low-confidence ones.
+
+    Raises:
+        DifffitInputError: no fitted atom is left.
+    """
+    keep = s.fit_mask & (bfactors(s) >= float(min_plddt))
+    if not keep.any():
+        raise DifffitInputError(
+            f"{s.path or s.name}: no fitted atom has pLDDT (B-factor) >= {min_plddt:g} "
+            f"(of {s.n_fit_atoms} fitted atoms); lower the pLDDT cut")
+    return Structure(name=s.name, path=s.path, coords=s.coords, atomic_numbers=s.atomic_numbers,
+                     fit_mask=keep, chain_ids=s.chain_ids, gemmi_structure=s.gemmi_structure)

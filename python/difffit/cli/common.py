@@ -3,7 +3,9 @@ device checks, output-path checks and the recorded command line."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -21,14 +23,22 @@ def positive_float(text: str) -> float:
     return v
 
 
-def positive_int(text: str) -> int:
+def _int_from(text: str, lowest: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    if v < lowest:
+        raise argparse.ArgumentTypeError(f"must be >= {lowest}, got {text}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _int_from(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_from(text, 0)
 
 
 def voxel_size(text: str) -> list[float]:
@@ -71,13 +81,17 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the local refinement of the cluster representatives")
     p.add_argument("--refine-top", type=positive_int, default=None, metavar="N",
                    help="clusters refined per structure, best first (default: 32)")
+    p.add_argument("--dust-min-size", type=non_negative_int, default=None, metavar="N",
+                   help="leave out pieces of density above the contour smaller than N voxels "
+                        "(default: 100; 0 keeps every piece)")
 
 
 def search_overrides(args: argparse.Namespace) -> dict:
     """FitParams fields from the options of :func:`add_search_arguments` (those given)."""
     out = {"seed": args.seed, "refine": not args.no_refine}
     for key, value in (("n_rotations", args.rotations), ("n_positions", args.positions),
-                       ("n_iters", args.iterations), ("refine_top", args.refine_top)):
+                       ("n_iters", args.iterations), ("refine_top", args.refine_top),
+                       ("dust_min_size", args.dust_min_size)):
         if value is not None:
             out[key] = value
     return out
@@ -86,15 +100,22 @@ def search_overrides(args: argparse.Namespace) -> dict:
 
 
 def add_structure_options(p: argparse.ArgumentParser, selection: bool = True) -> None:
-    """Which atoms of the structures are kept (--chains, --keep-waters, --keep-ligands)
-    and, with ``selection``, which are fitted (--selection)."""
+    """Which atoms of the structures are kept (--chains; every atom by default, less
+    --drop-waters, --drop-ligands, --drop-hydrogens) and, with ``selection``, which are
+    fitted (--selection). ``--keep-waters``, ``--keep-ligands`` and ``--keep-hydrogens``
+    are the defaults, accepted (they undo a --drop- given before them)."""
     if selection:
         p.add_argument("--selection", choices=SELECTIONS, default="backbone",
                        help="atoms used for fitting (default: backbone)")
     p.add_argument("--chains", type=chains, default=None, metavar="A,B",
                    help="keep only these chains of every structure")
-    p.add_argument("--keep-waters", action="store_true", help="keep water molecules")
-    p.add_argument("--keep-ligands", action="store_true", help="keep ligands and ions")
+    for what, text in (("waters", "water molecules"), ("ligands", "ligands and ions"),
+                       ("hydrogens", "hydrogen atoms")):
+        p.add_argument(f"--drop-{what}", dest=f"keep_{what}", action="store_false",
+                       default=True, help=f"leave {text} out (of the fit's metrics and of "
+                                          f"the written models; by default they are kept)")
+        p.add_argument(f"--keep-{what}", dest=f"keep_{what}", action="store_true",
+                       default=True, help=f"keep {text} (the default)")
 
 
 def read_structures(args: argparse.Namespace, paths: Sequence[str]):
@@ -103,7 +124,8 @@ def read_structures(args: argparse.Namespace, paths: Sequence[str]):
 
     return [read_structure(p, selection=getattr(args, "selection", "backbone"),
                            chains=args.chains, keep_waters=args.keep_waters,
-                           keep_ligands=args.keep_ligands) for p in paths]
+                           keep_ligands=args.keep_ligands, keep_hydrogens=args.keep_hydrogens)
+            for p in paths]
 
 
 def add_device_argument(p: argparse.ArgumentParser, default: str = "cpu") -> None:
@@ -142,11 +164,54 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 def check_output_file(path: Path, force: bool) -> None:
-    """Refuse before any work: an existing output without --force, or a missing folder."""
+    """Refuse before any work: an existing output without --force, a folder in its place,
+    or a folder that is missing or cannot be written."""
+    if path.exists() and not path.is_file():
+        raise DifffitInputError(f"{path}: the output file's place holds a folder (or another "
+                                f"non-file); choose another name")
     if path.exists() and not force:
         raise FileExistsError(f"{path}: file already exists; pass --force to overwrite it")
     if not path.parent.is_dir():
         raise DifffitInputError(f"{path}: output folder {path.parent} does not exist")
+    _probe(path.parent, path)
+
+
+def _probe(folder: Path, target: Path) -> None:
+    """Write (and remove) a temporary folder in ``folder``: proof that ``target`` can be
+    written, before any work."""
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".difffit_probe_"))
+    except OSError as exc:
+        raise DifffitInputError(f"{target}: cannot write in {folder}: "
+                                f"{exc.strerror or exc}") from None
+
+
+def check_output_dir(outdir: Path, files: Sequence[str] = (), folders: Sequence[str] = ()
+                     ) -> None:
+    """Refuse, before any work, an output folder that cannot be written: a file in its
+    place or above it, a folder where difffit may not write, or a folder in the place of
+    one of the output ``files`` (a file in the place of one of the ``folders``).
+    Nothing is created."""
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise DifffitInputError(f"{outdir}: output path exists and is not a folder")
+    probe = outdir.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DifffitInputError(f"{outdir}: cannot make the output folder there: {probe} is "
+                                f"a file, not a folder")
+    _probe(probe, outdir)
+    for name in files:
+        q = outdir / name
+        if q.exists() and not q.is_file():
+            raise DifffitInputError(f"{q}: an output file goes there but a folder is in its "
+                                    f"place; move it, or choose another output folder")
+    for name in folders:
+        q = outdir / name
+        if q.exists() and not q.is_dir():
+            raise DifffitInputError(f"{q}: an output folder goes there but a file is in its "
+                                    f"place; move it, or choose another output folder")
 
 
 def add_output_map_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,8 +9,9 @@ from typing import Sequence
 from ..errors import DifffitInputError
 from ..params import AcceptRules
 from .common import (add_device_argument, add_map_arguments, add_search_arguments,
-                     add_structure_options, check_device, command_line, default_outdir,
-                     positive_float, positive_int, read_structures, search_overrides)
+                     add_structure_options, check_device, check_output_dir, command_line,
+                     default_outdir, positive_float, positive_int, read_structures,
+                     search_overrides)
 
 
 def _copies_arg(text: str) -> list[int | None] | int:
@@ -88,6 +89,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     check_device(args.device)
     map_path = Path(args.map)
     outdir = default_outdir(args, "composite")
+    check_output_dir(outdir, files=("state.json", "composite.cif", "composite.cxc",
+                                    "summary.csv", "summary.txt", "report.html",
+                                    "command.txt"))
     dmap = read_map(map_path, voxel_size=args.voxel_size)
     structures = read_structures(args, args.structures)
     copies = args.copies

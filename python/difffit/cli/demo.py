@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .common import add_device_argument, check_device
+from .common import add_device_argument, check_device, check_output_dir
+from .fit import FIT_OUTPUTS
 
 
 def register(sub) -> None:
@@ -38,6 +39,7 @@ def run_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     check_device(args.device)
     if args.outdir:
         check_outdir(Path(args.outdir), args.force)
+        check_output_dir(Path(args.outdir), files=FIT_OUTPUTS, folders=("models",))
     out = demo(outdir=args.outdir, seed=args.seed, device=args.device, quick=args.quick,
                force=args.force)
     return 0 if out["recovered"] == out["n_copies"] else 1

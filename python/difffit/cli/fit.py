@@ -8,8 +8,13 @@ from typing import Sequence
 from ..errors import DifffitInputError
 from ..params import METRICS
 from .common import (add_device_argument, add_map_arguments, add_search_arguments,
-                     add_structure_options, check_device, command_line, default_outdir,
-                     search_overrides)
+                     add_structure_options, check_device, check_output_dir, command_line,
+                     default_outdir, search_overrides)
+
+# The files a fit writes into its folder (difffit.output.fit); a folder in the place of
+# one is refused before the fit.
+FIT_OUTPUTS = ("results.csv", "results.json", "difffit_fits.cxc", "trajectories.npz",
+               "report.html", "log.txt", "map.mrc")
 
 
 def register(sub) -> None:
@@ -36,10 +41,29 @@ def register(sub) -> None:
     add_search_arguments(f)
     f.add_argument("--rank-by", choices=METRICS, default=None,
                    help="metric that ranks the placements (default: cam)")
+    f.add_argument("--copies", type=_copies, default=None, metavar="N|auto",
+                   help="rank the N best distinct, non-overlapping placements of each "
+                        "structure first (a map holding several copies lists each once); "
+                        "auto: every one that scores at least 0.6 x the best (and >= 0.3)")
+    f.add_argument("--min-plddt", type=float, default=None, metavar="X",
+                   help="fit only residues whose B-factor (pLDDT, in AlphaFold models) is "
+                        ">= X; the written models keep every atom")
     f.add_argument("--report", action="store_true",
                    help="also write report.html: ranked tables and plots, one self-contained file")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     f.set_defaults(_run=run)
+
+
+def _copies(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of copies or 'auto', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return n
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -54,8 +78,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.top < 0:
         raise DifffitInputError(f"--top must be >= 0, got {args.top}")
     outdir = default_outdir(args, "fit")
-    # Refuse an occupied output folder before spending minutes fitting.
+    # Refuse an occupied or unwritable output folder before spending minutes fitting.
     check_outdir(outdir, args.force)
+    check_output_dir(outdir, files=FIT_OUTPUTS, folders=("models",))
 
     dmap = read_map(args.map, voxel_size=args.voxel_size)
     structures = []
@@ -67,6 +92,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     overrides = {**search_overrides(args), "device": args.device}
     if args.rank_by is not None:
         overrides["rank_by"] = args.rank_by
+    overrides.update(copies=args.copies, min_plddt=args.min_plddt)
     if not args.quiet:
         print(f"difffit: fitting {len(structures)} structure(s) into {args.map} "
               f"({'x'.join(map(str, dmap.shape_xyz))} voxels) at {args.resolution:g} A",
@@ -75,6 +101,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                  progress=not args.quiet, **overrides)
     paths = write_fit_outputs(result, outdir, top=args.top, model_format=args.model_format,
                               force=args.force, command=command_line(argv), report=args.report)
+    for note in result.notes:
+        print(f"difffit: {note}", file=sys.stderr)
+    for name, why in result.ambiguous.items():
+        print(f"difffit: warning: ambiguous answer for {name}: {why}", file=sys.stderr)
     if not args.quiet:
         print(result.summary_table(top=args.top or 3))
         t = result.timings

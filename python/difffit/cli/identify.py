@@ -11,8 +11,8 @@ from ..errors import DifffitInputError
 from ..params import SCORES
 from ..structures import SELECTIONS
 from .common import (add_device_argument, add_map_arguments, add_search_arguments,
-                     check_device, command_line, default_outdir, positive_int,
-                     search_overrides)
+                     check_device, check_output_dir, command_line, default_outdir,
+                     positive_int, search_overrides)
 
 
 def register(sub) -> None:
@@ -94,6 +94,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     outdir = default_outdir(args, "identify")
     if not args.resume:
         check_outdir(outdir, args.force)
+    check_output_dir(outdir, files=("ranking.csv", "ranking.json", "identify_log.txt",
+                                    "report.html"), folders=("models", "checkpoint"))
     overrides = {**search_overrides(args), "device": args.device}
     command = command_line(argv)
     dmap = read_map(map_path, voxel_size=args.voxel_size)  # a bad map fails before Dask starts

@@ -13,6 +13,8 @@ Layout (``outdir``; every file is written atomically)::
     composite.cif            all placed chains, renamed <chain>_<input>_<copy>
     composite.cxc            ChimeraX script: the map, the composite model, the residual map
     summary.csv, summary.txt one row per placed copy
+    summary.json             the same rows, with the score's metric, every column's units,
+                             the transform convention and the inputs (read_results reads it)
 
 A round folder is written under a temporary name and renamed when complete, then
 ``state.json`` is updated: the state file is the commit point.
@@ -30,10 +32,11 @@ from typing import Sequence
 from ..errors import DifffitInputError
 from ..files import atomic_write, umask_mode, write_json
 from ..maps import DensityMap, write_map
-from ..results import CompositePlacement, CompositeResult, RoundRecord
+from ..results import CompositePlacement, CompositeResult, RoundRecord, score_column
 from ..structures import Structure, combine, write_structure
 from ..tables import csv_text
-from .common import COLOURS, cxc_quote, map_file
+from .common import (COLOURS, cxc_quote, describe_rows, map_file, map_record,
+                     structure_records, version)
 
 __all__ = ["write_round", "read_round", "round_dir", "write_composite_outputs"]
 
@@ -43,8 +46,12 @@ def round_dir(outdir: Path, k: int) -> Path:
 
 
 def write_round(outdir: Path, rec: RoundRecord, structures: Sequence[Structure],
-                 working: DensityMap | None) -> None:
-    """Write a round folder under a temporary name, then rename it into place."""
+                 working: DensityMap | None, score_name: str) -> None:
+    """Write a round folder under a temporary name, then rename it into place.
+
+    ``score_name``: the metric of the placements' scores (the fit's ``rank_by``), named in
+    the CSV score columns (round.json keeps its plain ``score`` keys: the resume state).
+    """
     final = round_dir(outdir, rec.index)
     tmp = Path(tempfile.mkdtemp(dir=outdir, prefix=f".{final.name}."))
     try:
@@ -59,9 +66,10 @@ def write_round(outdir: Path, rec: RoundRecord, structures: Sequence[Structure],
             "fitted_indices": rec.fitted, "timings": rec.timings, "remaining": rec.remaining,
             "working_map": None if working is None else "working_map.mrc",
             "accepted": accepted_rows, "candidates": rec.candidates})
-        atomic_write(tmp / "accepted.csv", csv_text(
-            [p.row() for p in rec.accepted]))
-        atomic_write(tmp / "candidates.csv", csv_text(rec.candidates))
+        atomic_write(tmp / "accepted.csv", csv_text([p.row(score_name) for p in rec.accepted]))
+        atomic_write(tmp / "candidates.csv", csv_text(
+            [{(score_column(score_name) if k == "score" else k): v for k, v in row.items()}
+             for row in rec.candidates]))
         if rec.accepted:
             write_structure(tmp / "accepted.cif", combine(
                 [(p.moved(structures[p.structure_index]), p.chains) for p in rec.accepted],
@@ -119,13 +127,14 @@ def _cxc_text(result: CompositeResult, map_path: str, model_path: Path,
 
 
 def write_composite_outputs(result: CompositeResult, outdir) -> dict[str, Path]:
-    """Write composite.cif, composite.cxc, summary.csv and summary.txt into ``outdir``.
+    """Write composite.cif, composite.cxc, summary.csv, summary.json and summary.txt into
+    ``outdir``.
 
     These files belong to the run in ``outdir`` and are replaced when it is resumed.
 
     Returns:
-        Paths written: "outdir", "model", "cxc", "csv", "txt" (and "map" when the input
-        map had no file and was written here).
+        Paths written: "outdir", "model", "cxc", "csv", "json", "txt" (and "map" when the
+        input map had no file and was written here).
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -141,8 +150,16 @@ def write_composite_outputs(result: CompositeResult, outdir) -> dict[str, Path]:
     atomic_write(paths["cxc"], _cxc_text(
         result, map_path, paths["model"].resolve(),
         None if residual is None else str(Path(residual).resolve())))
+    rows = result.rows()
     paths["csv"] = outdir / "summary.csv"
-    atomic_write(paths["csv"], csv_text(result.rows()))
+    atomic_write(paths["csv"], csv_text(rows))
+    paths["json"] = outdir / "summary.json"
+    write_json(paths["json"], {
+        "difffit_version": version(), "kind": "composite", "map": map_record(result.map, map_path),
+        "structures": structure_records(result.structures), "resolution": result.resolution,
+        "threshold": result.threshold, "copies": result.copies, "rounds": len(result.rounds),
+        "stop_reason": result.stop_reason, **describe_rows(rows, result.params.rank_by),
+        "model": paths["model"].name if result.placements else None, "placements": rows})
     paths["txt"] = outdir / "summary.txt"
     atomic_write(paths["txt"], result.summary_table() + "\n")
     return paths

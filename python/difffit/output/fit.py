@@ -2,17 +2,23 @@
 
 Layout of an output folder (all written by :func:`write_fit_outputs`)::
 
-    results.csv           one row per placement (all clusters of all structures), best first
-    results.json          the same rows plus the parameters, inputs, timings and version
+    results.csv           one row per placement (all clusters of all structures), best first;
+                          the score column names its metric: "score (cam)"
+    results.json          the same rows plus what they mean (score metric, units of every
+                          column, the transform convention), the parameters, inputs
+                          (with their centroids), timings, version and the files written
     models/<s>_rank<k>.cif  the top placements of each structure, all atoms, original names
     difffit_fits.cxc      ChimeraX script: opens the map and the models
-    trajectories.npz      recorded poses and scores of every start
+    trajectories.npz      recorded poses and scores of every start, with the structures'
+                          names and centroids (:func:`difffit.readback.read_trajectories`)
     report.html           only with report=True: tables and plots (difffit.report)
     log.txt               command line, parameters, inputs, timings, build information
     map.mrc               only when the fitted map has no file of its own (e.g. simulated)
 
 Every file is written to a temporary name in its folder and renamed into place, so an
-interrupted run never leaves a half-written file behind.
+interrupted run never leaves a half-written file behind. results.json is written last and
+lists every file of the run: ``force`` removes exactly the earlier run's files that the new
+one did not replace.
 """
 from __future__ import annotations
 
@@ -34,8 +40,8 @@ from ..results import FitResult
 from ..runs import check_outdir
 from ..structures import write_structure
 from ..tables import csv_text
-from .common import COLOURS, abs_path, build_info, cxc_quote, map_file, version
-from .common import check_model_format
+from .common import (COLOURS, TRAJECTORY_POSE, build_info, check_model_format, cxc_quote,
+                     describe_rows, map_file, map_record, structure_records, version)
 
 __all__ = ["write_fit_outputs", "model_filenames"]
 
@@ -128,8 +134,10 @@ def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: 
         outdir: output folder; created (with parents) when missing.
         top: fitted models written per structure (its best ``top`` placements).
         model_format: "cif" (mmCIF, any chain name) or "pdb".
-        force: write into an existing non-empty folder, replacing files of the same names
-            (other files there are left alone).
+        force: write into an existing non-empty folder. An earlier fit's outputs there
+            are replaced completely: the files its results.json lists that this fit does
+            not write again (e.g. models of ranks no longer written, its report) are
+            removed once the new files are in place; other files are left alone.
         command: the command line to record in the log (default: ``sys.argv``).
         report: also write ``report.html``, a self-contained HTML report (tables, plots).
 
@@ -146,6 +154,7 @@ def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: 
     fmt = check_model_format(model_format, top)
     outdir = Path(outdir)
     check_outdir(outdir, force)
+    earlier = _files_of_fit(outdir) if force else []  # before results.json is replaced
     outdir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"outdir": outdir}
 
@@ -177,15 +186,36 @@ def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: 
     paths["csv"] = outdir / "results.csv"
     atomic_write(paths["csv"], csv_text(rows))
 
+    # ChimeraX script: absolute paths, so it runs from anywhere.
+    paths["cxc"] = outdir / "difffit_fits.cxc"
+    atomic_write(paths["cxc"], _cxc_text(result, map_path,
+                                          [(p, path.resolve()) for p, path in written_models]))
+
+    paths["trajectories"] = outdir / "trajectories.npz"
+    atomic_write(paths["trajectories"], _trajectories_npz(result))
+
+    command = command if command is not None else " ".join(sys.argv)
+    if report:  # before the log, which lists the files written
+        from ..report.fit import fit_report
+
+        # The folder was checked above (empty, or force): replacing is what was asked.
+        paths["report"] = fit_report(result, outdir / "report.html", overwrite=True,
+                                     command=command)
+
+    paths["json"] = outdir / "results.json"  # written last: it lists every file
+    paths["log"] = outdir / "log.txt"
+    atomic_write(paths["log"], _log_text(result, command, map_path,
+                                          {k: v for k, v in paths.items() if ":" not in k}))
+
+    files = sorted(str(v.relative_to(outdir)) for k, v in paths.items()
+                   if k not in ("outdir", "models"))
     params = asdict(result.params) if is_dataclass(result.params) else dict(result.params)
     doc = {
         "difffit_version": version(),
-        "command": command if command is not None else " ".join(sys.argv),
-        "map": {"path": map_path, "grid_xyz": list(result.map.shape_xyz),
-                "voxel_size": result.map.voxel_size, "origin": result.map.origin},
-        "structures": [{"index": i, "name": s.name, "path": abs_path(s.path), "n_atoms": s.n_atoms,
-                        "n_fit_atoms": s.n_fit_atoms, "chains": s.chains}
-                       for i, s in enumerate(result.structures)],
+        "kind": "fit",
+        "command": command,
+        "map": map_record(result.map, map_path),
+        "structures": structure_records(result.structures),
         "resolution": result.resolution,
         "threshold": result.threshold,
         "params": params,
@@ -193,30 +223,53 @@ def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: 
         "build_info": build_info(),
         "models": [{"structure": p.structure_name, "rank": p.rank, "path": str(path.resolve())}
                    for p, path in written_models],
+        **describe_rows(rows, result.params.rank_by),
+        "files": files,
         "placements": rows,
     }
-    paths["json"] = outdir / "results.json"
     atomic_write(paths["json"], json.dumps(jsonable(doc), indent=1, allow_nan=False) + "\n")
-
-    # ChimeraX script: absolute paths, so it runs from anywhere.
-    paths["cxc"] = outdir / "difffit_fits.cxc"
-    atomic_write(paths["cxc"], _cxc_text(result, map_path,
-                                          [(p, path.resolve()) for p, path in written_models]))
-
-    # Trajectories.
-    paths["trajectories"] = outdir / "trajectories.npz"
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in result.trajectory.items()})
-    atomic_write(paths["trajectories"], buf.getvalue())
-
-    if report:  # before the log, which lists the files written
-        from ..report.fit import fit_report
-
-        # The folder was checked above (empty, or force): replacing is what was asked.
-        paths["report"] = fit_report(result, outdir / "report.html", overwrite=True,
-                                     command=doc["command"])
-
-    paths["log"] = outdir / "log.txt"
-    atomic_write(paths["log"], _log_text(result, command, map_path,
-                                          {k: v for k, v in paths.items() if ":" not in k}))
+    _remove_earlier(outdir, earlier, files)
     return paths
+
+
+def _files_of_fit(outdir: Path) -> list[str]:
+    """The files a fit recorded as its own in ``outdir/results.json``: its ``files`` (paths
+    relative to the folder), or for a results.json without them its models. Empty when
+    the folder holds no difffit fit's results.json (a file of that name that is not one
+    names nothing to remove)."""
+    try:
+        doc = json.loads((Path(outdir) / "results.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not (isinstance(doc, dict) and "difffit_version" in doc and "placements" in doc):
+        return []
+    files = doc.get("files")
+    if files is None:
+        files = [m.get("path") for m in doc.get("models", []) if isinstance(m, dict)]
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
+def _remove_earlier(outdir: Path, earlier: list[str], now: list[str]) -> None:
+    """Remove the files an earlier fit wrote in ``outdir`` that this one did not write
+    again: only plain files inside the folder, only those it listed (a user's files are
+    never touched)."""
+    root = Path(outdir).resolve()
+    keep = {(root / f).resolve() for f in now}
+    for f in earlier:
+        p = (root / f).resolve()  # an absolute path stays as it is
+        if p not in keep and p.is_relative_to(root) and p.is_file():
+            p.unlink()
+
+
+def _trajectories_npz(result: FitResult) -> bytes:
+    """trajectories.npz, self-describing: the recorded poses and scores of every start
+    (quat [K, S, 4], trans [K, S, 3], score [K, S], iteration [K], mol_idx [S]) plus what
+    turns them into poses of the input files: the structures' names [M] and fitted-atom
+    centroids [M, 3] (Angstrom), and the convention (:data:`TRAJECTORY_POSE`)."""
+    arrays = {k: np.asarray(v) for k, v in result.trajectory.items()}
+    arrays.update(structure_names=np.array([s.name for s in result.structures], dtype=str),
+                  centroids=np.stack([s.centroid for s in result.structures]).reshape(-1, 3),
+                  convention=np.array(TRAJECTORY_POSE))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()

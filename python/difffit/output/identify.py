@@ -17,7 +17,7 @@ from ..params import SIZE_FAIR
 from ..results import Candidate, IdentifyResult
 from ..structures import write_structure
 from ..tables import csv_text
-from .common import check_model_format, version
+from .common import check_model_format, describe_rows, map_record, version
 
 __all__ = ["RunLog", "write_identify_outputs"]
 
@@ -110,10 +110,11 @@ def write_identify_outputs(result: IdentifyResult, outdir, *, top: int = 10,
     doc = {
         "difffit_version": version(),
         "command": command if command is not None else " ".join(sys.argv),
-        "map": {"path": result.map.path, "grid_xyz": list(result.map.shape_xyz),
-                "voxel_size": result.map.voxel_size, "origin": result.map.origin},
+        "kind": "identify",
+        "map": map_record(result.map, result.map.path),
         "resolution": result.resolution, "threshold": result.threshold,
         "score": result.score, "size_fair": result.score in SIZE_FAIR,
+        **describe_rows(rows, result.score),
         "params": asdict(result.params), "batch_atoms": result.batch_atoms,
         "timings": result.timings, "batches": result.batches,
         "skipped": [{"file": f, "reason": why} for f, why in result.skipped],

@@ -14,8 +14,9 @@ Round after round (docs/method.md sections 1, 7 and 9):
 3. Zero out the density the round's accepted placements explain (:func:`difffit.simulate.explained_mask`:
    every voxel where their simulated map, at the map's resolution and on the map's grid,
    exceeds ``zero_fraction`` of its maximum) and use the result as the next working map.
-4. Stop when every structure has all its copies, after ``max_rounds`` rounds, or when
-   ``empty_rounds`` consecutive rounds accept nothing (default 2: an empty round is
+4. Stop when every structure has all its copies, after ``max_rounds`` rounds, when no
+   density is left above the contour (the map is fully explained: a complete run, with
+   its outputs), or when ``empty_rounds`` consecutive rounds accept nothing (default 2: an empty round is
    retried once from new starts, since one search can miss a subunit).
 
 The contour level is resolved once, on the input map, and kept for every round: zeroed
@@ -41,15 +42,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from .. import __version__
+from ..copies import Occupancy
 from ..errors import DifffitInputError
-from .fit import as_map, as_structures, check_resolution, fit
+from .fit import as_map, as_structures, check_resolution, check_threshold, fit
 from ..maps import DensityMap, read_map
 from ..output.composite import read_round, round_dir, write_composite_outputs, write_round
 from ..params import AcceptRules, FitParams, resolve
-from ..preprocess import default_threshold
+from ..preprocess import remove_dust
 from ..results import CompositePlacement, CompositeResult, FitResult, RoundRecord
 from ..runs import RunFolder, map_fingerprint, structure_fingerprint
 from ..simulate import zero_out
@@ -93,26 +94,6 @@ def _normalise_copies(copies, structures: Sequence[Structure]) -> list[int | Non
     return [None if v is None else int(v) for v in out]
 
 
-class _Occupancy:
-    """CA atoms of the accepted placements, for the clash test."""
-
-    def __init__(self):
-        self.trees: list[tuple[str, cKDTree]] = []
-
-    def add(self, label: str, xyz: np.ndarray) -> None:
-        self.trees.append((label, cKDTree(xyz)))
-
-    def worst(self, xyz: np.ndarray, distance: float) -> tuple[float, str | None]:
-        """(largest fraction of ``xyz`` [K, 3] within ``distance`` of one placement, its label)."""
-        best, who = 0.0, None
-        for label, tree in self.trees:
-            d, _ = tree.query(xyz, k=1, distance_upper_bound=distance)
-            frac = float(np.isfinite(d).mean())
-            if frac > best:
-                best, who = frac, label
-        return best, who
-
-
 def _density_above(dmap: DensityMap, threshold: float) -> float:
     """Summed map values above the contour (float64)."""
     d = dmap.data
@@ -121,7 +102,7 @@ def _density_above(dmap: DensityMap, threshold: float) -> float:
 
 def _decide(res: FitResult, fitted: list[int], structures: Sequence[Structure],
             traces: list[np.ndarray], counts: list[int], copies: list[int | None],
-            best: list[float], occupancy: _Occupancy, rules: AcceptRules, round_no: int
+            best: list[float], occupancy: Occupancy, rules: AcceptRules, round_no: int
             ) -> tuple[list[CompositePlacement], list[dict]]:
     """Apply the AcceptRules to every candidate of a round's fit.
 
@@ -234,7 +215,7 @@ def composite(target, structures, resolution: float, threshold: float | None = N
     dmap = as_map(target)
     structs = as_structures(structures)
     want = _normalise_copies(copies, structs)
-    thr = float(default_threshold(dmap.data) if threshold is None else threshold)
+    thr = check_threshold(threshold, dmap)
     device = str(params.torch_device())
     if log is None:
         log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
@@ -268,7 +249,7 @@ def composite(target, structures, resolution: float, threshold: float | None = N
     total = _density_above(dmap, thr) or 1.0
     counts = [0] * len(structs)
     best = [-np.inf] * len(structs)
-    occupancy = _Occupancy()
+    occupancy = Occupancy()
     placements: list[CompositePlacement] = []
     for rec in rounds:
         for row in rec.candidates:
@@ -295,9 +276,14 @@ def composite(target, structures, resolution: float, threshold: float | None = N
         if k > rules.max_rounds:
             stop = f"max_rounds ({rules.max_rounds}) reached"
             break
+        if rounds and not remove_dust(working.data > thr, params.dust_min_size).any():
+            stop = "the map is fully explained: no density is left above the contour"
+            break
         t0 = time.perf_counter()
+        # The plausibility checks judge the input map (round 1); a working map with
+        # density zeroed is smaller than the models by design.
         res = fit(working, [structs[i] for i in fitted], resolution, threshold=thr,
-                  params=params, progress=progress, seed=params.seed + k - 1)
+                  params=params, progress=progress, check=k == 1, seed=params.seed + k - 1)
         t1 = time.perf_counter()
         accepted, rows = _decide(res, fitted, structs, traces, counts, want, best, occupancy,
                                  rules, k)
@@ -312,7 +298,7 @@ def composite(target, structures, resolution: float, threshold: float | None = N
                           remaining=_density_above(
                               working if new_working is None else new_working, thr) / total)
         if out is not None:
-            write_round(out, rec, structs, new_working)
+            write_round(out, rec, structs, new_working, params.rank_by)
             now["rounds"].append({"round": k, "dir": round_dir(out, k).name,
                                   "accepted": len(accepted), "timings": rec.timings})
             folder.write_state(now)

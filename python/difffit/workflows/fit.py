@@ -19,33 +19,49 @@ Three stages (docs/method.md sections 3-8), each a function of its own:
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import gemmi
 import numpy as np
 import torch
 from torch import Tensor
 
 from .. import ops
+from ..checks import after_search, before_search, report
 from ..cluster import cluster_poses
-from ..errors import DifffitInputError
+from ..copies import select_copies, significance
+from ..errors import DifffitInputError, opt
 from ..maps import DensityMap, read_map
-from ..metrics import Metrics, ragged
+from ..metrics import Metrics, chimerax_metrics, ragged
 from ..params import FitParams, resolve
 from ..preprocess import Pyramid, build_pyramid, default_threshold, envelope_positions
 from ..results import FitResult, Placement
 from ..rotations import quat_to_matrix, uniform_rotations
 from ..search import Batch, chunks, optimise, refine
-from ..structures import Structure, read_structure
+from ..structures import (Structure, alphafold_evidence, read_structure, simulation_mask,
+                          trace_mask, with_min_plddt)
 
 __all__ = ["fit", "as_structures", "as_map"]
 
 
+_ONE_STRUCTURE = (Structure, gemmi.Structure, str, os.PathLike)
+
+
 def as_structures(structures) -> list[Structure]:
-    """Structure objects from Structures or paths (one, or a list)."""
-    if isinstance(structures, (Structure, str, Path)):
+    """Structure objects from Structures, gemmi.Structures or paths (one, or a list)."""
+    if isinstance(structures, _ONE_STRUCTURE):
         structures = [structures]
+    if not isinstance(structures, (list, tuple)) or not all(
+            isinstance(s, _ONE_STRUCTURE) for s in structures):
+        bad = structures if not isinstance(structures, (list, tuple)) else next(
+            s for s in structures if not isinstance(s, _ONE_STRUCTURE))
+        raise DifffitInputError(
+            f"structures must be a path of a PDB/mmCIF file, a difffit Structure or a "
+            f"gemmi.Structure, or a list of them; got {type(bad).__name__}")
     out = [s if isinstance(s, Structure) else read_structure(s) for s in structures]
     if not out:
         raise DifffitInputError("no structure to fit")
@@ -54,13 +70,34 @@ def as_structures(structures) -> list[Structure]:
 
 def as_map(target) -> DensityMap:
     """A DensityMap from a DensityMap or a path."""
-    return target if isinstance(target, DensityMap) else read_map(target)
+    if isinstance(target, DensityMap):
+        return target
+    if isinstance(target, (str, os.PathLike)):
+        return read_map(target)
+    raise DifffitInputError(
+        f"the map must be a path of an MRC/CCP4 file or a DensityMap; got "
+        f"{type(target).__name__}" + (" (an array needs its voxel size and origin: "
+                                      "DensityMap(data, origin=(x, y, z), voxel_size=v))"
+                                      if hasattr(target, "shape") else ""))
 
 
 def check_resolution(resolution) -> float:
-    if not resolution or not float(resolution) > 0:
-        raise DifffitInputError(f"resolution must be a positive number of Angstrom, got {resolution}")
+    if (isinstance(resolution, bool) or not isinstance(resolution, numbers.Real)
+            or not math.isfinite(resolution) or not resolution > 0):
+        raise DifffitInputError(f"resolution must be a positive number of Angstrom, got "
+                                f"{resolution!r}")
     return float(resolution)
+
+
+def check_threshold(threshold, dmap: DensityMap) -> float:
+    """The contour level: a finite number, or None for the default (mean + 1 sd)."""
+    if threshold is None:
+        return float(default_threshold(dmap.data))
+    if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+            or not math.isfinite(threshold)):
+        raise DifffitInputError(f"threshold must be a number (a contour level in the map's "
+                                f"units) or None, got {threshold!r}")
+    return float(threshold)
 
 
 @dataclass
@@ -180,7 +217,7 @@ def _refine_and_rank(su: _Setup, se: _Searched, cl: _Clustered) -> list[Placemen
     sel = torch.nonzero(refined).flatten()
     if len(sel):
         raw = raw_volume(su.dmap, device)
-        all_pts, all_off = ragged([s.coords[s.atomic_numbers > 1] - c
+        all_pts, all_off = ragged([s.coords[simulation_mask(s) & (s.atomic_numbers > 1)] - c
                                    for s, c in zip(su.structs, su.centroids)], device, torch.float64)
         step = 0.1 * float(su.dmap.voxel_size.mean())
         sd = sel.to(device)
@@ -201,6 +238,19 @@ def _refine_and_rank(su: _Setup, se: _Searched, cl: _Clustered) -> list[Placemen
     R_rep = quat_to_matrix(q_rep.cpu())                                         # [G, 3, 3]
     keep, hits = _merge_refined(g_mol, R_rep, t_rep.cpu(), m_rep[params.rank_by].cpu(), hits,
                                 refined, params)
+
+    # The best placements of each structure get ChimeraX's own numbers: each simulated
+    # where it is placed (the many-placement metrics above move one simulation rigidly).
+    exact = _exact_selection(g_mol, keep, refined, m_rep[params.rank_by].cpu(), params)
+    if len(exact):
+        idx = exact.numpy()
+        mol = g_mol.numpy()[idx]
+        R_sel = R_rep.numpy()[idx]
+        T_sel = t_rep.cpu().numpy()[idx] - np.einsum("pij,pj->pi", R_sel, su.centroids[mol])
+        cx = chimerax_metrics(su.dmap, su.structs, R_sel, T_sel, mol, su.resolution,
+                              su.threshold)
+        for k in ("correlation", "cam", "overlap", "mean_density", "inside_fraction"):
+            m_rep[k][exact.to(m_rep[k].device)] = torch.from_numpy(cx[k]).to(m_rep[k])
 
     placements = []
     R_rep = R_rep.numpy()
@@ -225,7 +275,8 @@ def _refine_and_rank(su: _Setup, se: _Searched, cl: _Clustered) -> list[Placemen
 
 
 def fit(target, structures, resolution: float, threshold: float | None = None,
-        params: FitParams | None = None, progress: bool = False, **overrides) -> FitResult:
+        params: FitParams | None = None, progress: bool = False, check: bool = True,
+        **overrides) -> FitResult:
     """Fit one or more structures into a map.
 
     Args:
@@ -236,6 +287,8 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
             :func:`difffit.preprocess.default_threshold` (mean + 1 standard deviation).
         params: FitParams; ``overrides`` replace single fields (e.g. ``n_iters=100``).
         progress: show a progress bar.
+        check: plausibility checks (:mod:`difffit.checks`) before and after the search:
+            errors raise, warnings are :class:`difffit.DifffitWarning`.
 
     Returns:
         FitResult with the ranked placements of every structure.
@@ -243,8 +296,11 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
     t_start = time.perf_counter()
     (params,) = resolve(overrides, (FitParams, params))
     dmap = as_map(target)
-    structs = as_structures(structures)
+    structs, notes = _fitted_atoms(as_structures(structures), params)
     resolution = check_resolution(resolution)
+    threshold = check_threshold(threshold, dmap)
+    if check:
+        report(before_search(dmap, structs, resolution, threshold, params))
     timings = {}
     t0 = time.perf_counter()
     su = _setup(dmap, structs, params, resolution, threshold)
@@ -257,13 +313,69 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
     timings["cluster"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     placements = _refine_and_rank(su, se, cl)
+    placements, ambiguous = _copies_and_significance(structs, placements, params)
     timings["refine"] = time.perf_counter() - t0
+    if check:
+        report(after_search(placements, structs, cl.m_all["cam"], su.mol_idx, cl.metrics,
+                            su.pyr, params.seed))
     timings["total"] = time.perf_counter() - t_start
     traj = {k: v.cpu().numpy() for k, v in se.rec.items()}
     traj["mol_idx"] = su.mol_idx.cpu().numpy()
     return FitResult(placements=placements, structures=structs, map=dmap, params=params,
                      resolution=resolution, threshold=su.threshold, timings=timings,
-                     trajectory=traj)
+                     trajectory=traj, ambiguous=ambiguous, notes=notes)
+
+
+def _fitted_atoms(structs: list[Structure], params: FitParams) -> tuple[list[Structure], list[str]]:
+    """The structures with ``min_plddt`` applied to their fitted atoms, and notes on
+    predicted models (their pLDDT, in the B-factor column, says which parts to trust)."""
+    notes, out = [], []
+    for s in structs:
+        why = alphafold_evidence(s)
+        if params.min_plddt is not None:
+            trimmed = with_min_plddt(s, params.min_plddt)
+            notes.append(f"{s.name}: fitting the {trimmed.n_fit_atoms} of {s.n_fit_atoms} fitted "
+                         f"atoms with pLDDT (B-factor) >= {params.min_plddt:g}; written models "
+                         f"keep every atom")
+            s = trimmed
+        elif why:
+            notes.append(f"{s.name} looks like an AlphaFold model ({why}); low-confidence "
+                         f"parts can mislead the fit: consider {opt('min_plddt', 70)}")
+        out.append(s)
+    return out, notes
+
+
+def _copies_and_significance(structs: list[Structure], placements: list[Placement],
+                             params: FitParams) -> tuple[list[Placement], dict[str, str]]:
+    """Rank each structure's distinct copies first (``copies``), give every placement its
+    z-score and flag the structures whose answer is not clearly separated
+    (:func:`difffit.copies.significance`)."""
+    ambiguous, out = {}, []
+    for i, s in enumerate(structs):
+        ps = [p for p in placements if p.structure_index == i]  # best score first
+        if not ps:
+            continue
+        trace = s.coords[trace_mask(s)]
+        poses = [(p.rotation, p.translation) for p in ps]
+        n_copies = 1
+        if params.copies is not None:
+            first = select_copies(trace, poses, [p.score for p in ps], params.copies)
+            for k, j in enumerate(first):
+                ps[j].copy = k + 1
+            ps = [ps[j] for j in first] + [p for j, p in enumerate(ps) if j not in set(first)]
+            n_copies = max(len(first), 1)
+        z, why = significance([p.score for p in ps], n_copies)
+        for p, zp, r in zip(ps, z, range(1, len(ps) + 1)):
+            p.zscore, p.rank = float(zp), r
+        if why and params.copies is None and len(ps) > 1 and \
+                len(select_copies(trace, poses[:2], [1.0, 1.0], 2)) == 2:
+            why += (f"; the runner-up does not overlap the best: the map may hold several "
+                    f"copies ({opt('copies', 2)} ranks them first)")
+        if why:
+            ambiguous[s.name] = why
+        out += ps
+    out.sort(key=lambda p: (p.rank, -p.score))
+    return out, ambiguous
 
 
 def raw_volume(dmap: DensityMap, device) -> Tensor:
@@ -289,6 +401,25 @@ def _refine_selection(g_mol: Tensor, pre_score: Tensor, params: FitParams) -> Te
         n = len(idx) if params.refine_top is None else params.refine_top
         chosen[idx[order[:n]]] = True
     return chosen
+
+
+def _exact_selection(g_mol: Tensor, keep: Tensor, refined: Tensor, score: Tensor,
+                     params: FitParams) -> Tensor:
+    """Indices of the clusters whose metrics are computed exactly: the ``exact_top`` best
+    refined ones of each structure that survived the merge.
+
+    Args:
+        g_mol: [G] structure of each cluster; keep: indices kept after merging;
+            refined: [G] bool; score: [G] ranking metric.
+    """
+    kept = torch.zeros(g_mol.numel(), dtype=torch.bool)
+    kept[keep] = True
+    out = []
+    for i in g_mol.unique().tolist():
+        idx = torch.nonzero((g_mol == i) & kept & refined).flatten()
+        order = torch.argsort(-score[idx].double().nan_to_num(-math.inf), stable=True)
+        out.append(idx[order[: params.exact_top]])
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
 def _merge_refined(g_mol: Tensor, R: Tensor, t: Tensor, score: Tensor, hits: Tensor,

@@ -55,12 +55,12 @@ import numpy as np
 from .. import __version__
 from ..dask_runner import run_on_dask, worker_setup
 from ..files import jsonable
-from .fit import as_map, check_resolution, fit
+from ..checks import before_search, report
+from .fit import as_map, check_resolution, check_threshold, fit
 from ..library import library_files, plan_batches, read_library
 from ..maps import DensityMap
 from ..output.identify import RunLog, write_identify_outputs
 from ..params import METRICS, FitParams, IdentifyParams, resolve
-from ..preprocess import default_threshold
 from ..results import Candidate, IdentifyResult
 from ..runs import RunFolder, check_outdir, key_hash, map_fingerprint
 from ..structures import Structure, read_structure
@@ -145,7 +145,7 @@ def _run_batch(task: dict, dmap: DensityMap) -> dict:
                   read_structure(src, selection=task["selection"])
                   for _, src, _ in task["entries"]]
     result = fit(dmap, structures, task["resolution"], threshold=task["threshold"],
-                 params=FitParams(**params))
+                 params=FitParams(**params), check=False)
     cands = _evidence(result, [e[0] for e in task["entries"]], [e[2] for e in task["entries"]],
                       task["batch"], task["score"])
     return {"batch": task["batch"], "indices": [e[0] for e in task["entries"]],
@@ -214,7 +214,9 @@ def identify(target, library, resolution: float, threshold: float | None = None,
             check_outdir(outdir, force)
 
     dmap = as_map(target)
-    threshold = float(default_threshold(dmap.data) if threshold is None else threshold)
+    threshold = check_threshold(threshold, dmap)
+    # The map's checks, once; a candidate that does not fit is what identify is for.
+    report(before_search(dmap, [], resolution, threshold, fparams))
 
     t0 = time.perf_counter()
     entries, skipped = read_library(library_files(library), selection, settings.skip_bad,

@@ -1,0 +1,63 @@
+"""The ChimeraX-style metrics reproduce UCSF ChimeraX 1.7.1 ``fitmap`` (no motion) at 18
+poses on real maps (``chimerax_fitmap_metrics.json``, shared data README), and depend on
+nothing of the frame the model came in."""
+import json
+
+import numpy as np
+import pytest
+from conftest import data_file
+
+from difffit.maps import read_map
+from difffit.metrics import chimerax_metrics
+from difffit.structures import read_structure
+
+ROWS_FILE = "chimerax_fitmap_metrics.json"
+
+
+def _rows(root):
+    return json.loads(data_file(root, ROWS_FILE).read_text())
+
+
+def _case(root, row):
+    dmap = read_map(data_file(root, row["map"]))
+    # ChimeraX scored every atom of the file but waters (hydrogens included).
+    s = read_structure(data_file(root, row["model"]), selection="all", chains=row["chain"],
+                       keep_hydrogens=True, keep_ligands=True)
+    return dmap, s
+
+
+def test_every_row_matches_chimerax(shared_data):
+    rows = _rows(shared_data)
+    assert len(rows) == 18
+    for row in rows:
+        dmap, s = _case(shared_data, row)
+        m = chimerax_metrics(dmap, [s], np.array([row["R"]]), np.array([row["t"]]), [0],
+                             row["resolution"], row["map_level"])
+        what = f"{row['case']} {row['pose']}"
+        assert abs(m["correlation"][0] - row["correlation"]) < 0.005, what
+        assert abs(m["cam"][0] - row["cam"]) < 0.005, what
+        assert abs(m["overlap"][0] / row["overlap"] - 1) < 0.005, what
+        assert abs(m["envelope_points"][0] / row["envelope_points"] - 1) < 0.005, what
+        assert m["mean_density"][0] == pytest.approx(row["atom_mean_density"], rel=1e-3, abs=1e-5), what
+        assert m["inside_fraction"][0] == pytest.approx(row["atoms_inside_level"], abs=2e-3), what
+
+
+def test_metrics_do_not_depend_on_the_input_frame(shared_data):
+    """The same final pose reached from a model given in another frame scores the same."""
+    row = next(r for r in _rows(shared_data) if r["case"].startswith("hemoglobin") and r["pose"] != "reference")
+    dmap, s = _case(shared_data, row)
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    A = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                  [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                  [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    b = rng.normal(size=3) * 40
+    other = s.transformed(A, b)                       # the model in another frame
+    R, t = np.array(row["R"]), np.array(row["t"])
+    R2, t2 = R @ A.T, t - R @ A.T @ b                 # the same final pose from there
+    m1 = chimerax_metrics(dmap, [s], R[None], t[None], [0], row["resolution"], row["map_level"])
+    m2 = chimerax_metrics(dmap, [other], R2[None], t2[None], [0], row["resolution"], row["map_level"])
+    for k in ("correlation", "cam", "overlap", "mean_density", "inside_fraction"):
+        assert m2[k][0] == pytest.approx(m1[k][0], rel=1e-6, abs=1e-9), k
