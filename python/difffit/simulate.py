@@ -96,6 +96,12 @@ def molmap(structure: Structure, resolution: float, like: DensityMap | None = No
     Returns:
         DensityMap of the simulated density.
     """
+    if not isinstance(structure, Structure):
+        raise DifffitInputError(f"molmap: structure must be a difffit Structure (from "
+                                f"read_structure), got {type(structure).__name__}")
+    if like is not None and not isinstance(like, DensityMap):
+        raise DifffitInputError(f"molmap: like must be a DensityMap (from read_map), got "
+                                f"{type(like).__name__}")
     sel = simulation_mask(structure)
     xyz, z = structure.coords[sel], structure.atomic_numbers[sel]
     if like is not None:

@@ -410,6 +410,9 @@ def write_structure(
         FileExistsError: ``path`` exists and ``overwrite`` is False.
         DifffitInputError: bad R/t, or chain names too long for the PDB format.
     """
+    if not isinstance(structure, Structure):
+        raise DifffitInputError(f"write_structure: structure must be a difffit Structure "
+                                f"(from read_structure), got {type(structure).__name__}")
     p = Path(path)
     refuse_existing(p, overwrite)
     if not p.parent.is_dir():
