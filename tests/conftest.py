@@ -12,6 +12,10 @@ fixture ``shared_data`` (the data folder) and asks for each file with
 A test whose data is in none of them is skipped, with a reason that says where it looked;
 it never fails for missing data. Plain scripts (benchmarks/) may call ``data_dirs`` and
 ``data_file`` too: tests/ on ``sys.path``, then ``from conftest import data_file``.
+
+The headless-browser report test (it takes the ``browser`` fixture) skips, with the reason,
+where no browser is installed; CI requires it: with ``DIFFFIT_REQUIRE_BROWSER=1`` (which
+``.ci/run`` sets, and the default when ``CI=true``) its skip is turned into a failure.
 """
 from __future__ import annotations
 
@@ -62,6 +66,23 @@ def data_file(root: Path, name: str | os.PathLike) -> Path:
                 return path
             tried.append(str(path))
     pytest.skip(f"test data {name!r} not found; looked for {', '.join(tried)}")
+
+
+def _browser_required() -> bool:
+    default = "1" if os.environ.get("CI", "").lower() == "true" else "0"
+    return os.environ.get("DIFFFIT_REQUIRE_BROWSER", default) == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A browser test that skips fails instead when the browser is required."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and "browser" in getattr(item, "fixturenames", ()) and _browser_required():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid}: the headless-browser test is required here "
+                           f"(DIFFFIT_REQUIRE_BROWSER=1 or CI=true) but was skipped: {reason}")
 
 
 @pytest.fixture(scope="session")
