@@ -9,7 +9,7 @@ from ..errors import DifffitInputError
 from ..params import METRICS
 from .common import (add_device_argument, add_map_arguments, add_search_arguments,
                      add_structure_options, check_device, check_output_dir, command_line,
-                     default_outdir, search_overrides)
+                     default_outdir, positive_int, search_overrides)
 
 # The files a fit writes into its folder (difffit.output.fit); a folder in the place of
 # one is refused before the fit.
@@ -55,15 +55,8 @@ def register(sub) -> None:
 
 
 def _copies(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a number of copies or 'auto', got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return n
+    """``--copies``: a number of copies, or "auto"."""
+    return text if text == "auto" else positive_int(text)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
