@@ -134,8 +134,8 @@ def enclosing_level(values: np.ndarray, fraction: float = ENCLOSED_FRACTION) -> 
 
 
 def molmap_envelope(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: float,
-                    frame: tuple[np.ndarray, np.ndarray] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    frame: tuple[np.ndarray, np.ndarray] | None = None,
+                    spacing: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The grid points of a molmap inside its display contour, with their values: the
     points ChimeraX ``fitmap`` scores a model with.
 
@@ -144,12 +144,13 @@ def molmap_envelope(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: 
         resolution: Angstrom.
         frame: (origin [3], axes [3, 3] orthonormal columns) to lay the grid out in; None
             lays it along the world axes, as molmap does for atoms where they are.
+        spacing: grid spacing (default resolution / 3, molmap's).
 
     Returns:
         (points [K, 3] world coordinates, values [K]) as float64 arrays.
     """
     local = coords if frame is None else (coords - frame[0]) @ frame[1]
-    lo, step, shape = molmap_grid(local, resolution)
+    lo, step, shape = molmap_grid(local, resolution, spacing)
     check_grid_size(shape, "simulated map")
     # float32 is ample for a contour and the weights, and twice as quick to splat.
     grid = splat_atoms(local, atomic_numbers, resolution, lo, (step,) * 3, shape)
