@@ -61,3 +61,35 @@ def test_metrics_do_not_depend_on_the_input_frame(shared_data):
     m2 = chimerax_metrics(dmap, [other], R2[None], t2[None], [0], row["resolution"], row["map_level"])
     for k in ("correlation", "cam", "overlap", "mean_density", "inside_fraction"):
         assert m2[k][0] == pytest.approx(m1[k][0], rel=1e-6, abs=1e-9), k
+
+
+def _approximate(dmap, s, R, t, row):
+    """The many-placement metrics (one simulation in the model's principal frame, moved)."""
+    import torch
+
+    from difffit.metrics import Metrics
+    from difffit.preprocess import build_pyramid
+    from difffit.rotations import matrix_to_quat
+
+    c = s.centroid
+    pyr = build_pyramid(dmap.data, dmap.origin, dmap.voxel_size, row["map_level"], n_levels=1)
+    m = Metrics([s], c[None], dmap, pyr.levels[..., 0], pyr.origin.tolist(),
+                pyr.voxel_size.tolist(), row["map_level"], row["resolution"], "cpu")
+    q = matrix_to_quat(torch.from_numpy(R)[None])
+    return m(q, torch.from_numpy(R @ c + t)[None], torch.zeros(1, dtype=torch.int64))
+
+
+def test_many_placement_metrics_are_close_to_chimerax_and_frame_free(shared_data):
+    for row in [r for r in _rows(shared_data) if r["pose"] != "reference"][::2]:
+        dmap, s = _case(shared_data, row)
+        R, t = np.array(row["R"]), np.array(row["t"])
+        got = _approximate(dmap, s, R, t, row)
+        what = f"{row['case']} {row['pose']}"
+        assert abs(got["correlation"].item() - row["correlation"]) < 0.01, what
+        assert abs(got["cam"].item() - row["cam"]) < 0.01, what
+        assert abs(got["overlap"].item() / row["overlap"] - 1) < 0.03, what
+        # The same final pose from a model given in another frame: the same numbers.
+        A = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        b = np.array([12.0, -7.0, 30.0])
+        again = _approximate(dmap, s.transformed(A, b), R @ A.T, t - R @ A.T @ b, row)
+        assert again["cam"].item() == pytest.approx(got["cam"].item(), abs=1e-4), what
