@@ -151,12 +151,31 @@ def map_stem(path: Path) -> str:
     return Path(name).stem or "map"
 
 
+def _default_base(workflow: str) -> str:
+    return "difffit_out" if workflow == "fit" else f"difffit_{workflow}"
+
+
+def add_outdir_arguments(p: argparse.ArgumentParser, workflow: str | None, force_help: str,
+                         resume_help: str | None = None) -> None:
+    """-o/--outdir, --force and (for resumable workflows) --resume.
+
+    Args:
+        workflow: names the default folder (``difffit_<workflow>/<map name>``, see
+            :func:`default_outdir`); None: no default (nothing is written without -o).
+    """
+    p.add_argument("-o", "--outdir", default=None, metavar="DIR",
+                   help="also write the outputs here" if workflow is None else
+                   f"output folder (default: {_default_base(workflow)}/<map name>)")
+    if resume_help is not None:
+        p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--force", action="store_true", help=force_help)
+
+
 def default_outdir(args: argparse.Namespace, workflow: str) -> Path:
     """``-o`` when given, else ``difffit_<workflow>/<map name>``."""
     if args.outdir:
         return Path(args.outdir)
-    base = "difffit_out" if workflow == "fit" else f"difffit_{workflow}"
-    return Path(base) / map_stem(Path(args.map))
+    return Path(_default_base(workflow)) / map_stem(Path(args.map))
 
 
 def command_line(argv: Sequence[str]) -> str:

@@ -8,10 +8,10 @@ from typing import Sequence
 
 from ..errors import DifffitInputError
 from ..params import AcceptRules
-from .common import (add_device_argument, add_map_arguments, add_search_arguments,
-                     add_structure_options, check_device, check_output_dir, command_line,
-                     default_outdir, positive_float, positive_int, read_structures,
-                     search_overrides)
+from .common import (add_device_argument, add_map_arguments, add_outdir_arguments,
+                     add_search_arguments, add_structure_options, check_device,
+                     check_output_dir, command_line, default_outdir, positive_float,
+                     positive_int, read_structures, search_overrides)
 
 
 def _copies_arg(text: str) -> list[int | None] | int:
@@ -61,12 +61,10 @@ def register(sub) -> None:
     c.add_argument("--copies", type=_copies_arg, default=None, metavar="N|N1,N2,..",
                    help="copies to place at most: one number for all, or one per structure "
                         "('*' = open); default: open (until nothing more is accepted)")
-    c.add_argument("-o", "--outdir", default=None, metavar="DIR",
-                   help="output folder (default: difffit_composite/<map name>)")
-    c.add_argument("--resume", action="store_true",
-                   help="continue the run recorded in the output folder after its last round")
-    c.add_argument("--force", action="store_true",
-                   help="start anew in a non-empty output folder (its previous run is removed)")
+    add_outdir_arguments(
+        c, "composite",
+        force_help="start anew in a non-empty output folder (its previous run is removed)",
+        resume_help="continue the run recorded in the output folder after its last round")
     c.add_argument("--report", action="store_true", help="also write report.html")
     add_structure_options(c)
     add_device_argument(c)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .common import add_device_argument, check_device, check_output_dir
+from .common import add_device_argument, add_outdir_arguments, check_device, check_output_dir
 from .fit import FIT_OUTPUTS
 
 
@@ -17,10 +17,7 @@ def register(sub) -> None:
                     "random poses, fit, and check both copies are recovered. Exit status 0 "
                     "when they are, 1 otherwise.",
     )
-    d.add_argument("-o", "--outdir", default=None, metavar="DIR",
-                   help="also write the fit outputs and the map here")
-    d.add_argument("--force", action="store_true",
-                   help="write into an existing non-empty output folder")
+    add_outdir_arguments(d, None, force_help="write into an existing non-empty output folder")
     d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_device_argument(d)
     d.add_argument("--quick", action="store_true", help="a reduced search (seconds)")

@@ -7,9 +7,10 @@ from typing import Sequence
 
 from ..errors import DifffitInputError
 from ..params import METRICS
-from .common import (add_device_argument, add_map_arguments, add_search_arguments,
-                     add_structure_options, check_device, check_output_dir, command_line,
-                     default_outdir, positive_int, search_overrides)
+from .common import (add_device_argument, add_map_arguments, add_outdir_arguments,
+                     add_search_arguments, add_structure_options, check_device,
+                     check_output_dir, command_line, default_outdir, positive_int,
+                     search_overrides)
 
 # The files a fit writes into its folder (difffit.output.fit); a folder in the place of
 # one is refused before the fit.
@@ -30,10 +31,8 @@ def register(sub) -> None:
     f.add_argument("--split-chains", action="store_true",
                    help="fit every chain as a structure of its own")
     add_device_argument(f)
-    f.add_argument("-o", "--outdir", default=None, metavar="DIR",
-                   help="output folder (default: difffit_out/<map name>)")
-    f.add_argument("--force", action="store_true",
-                   help="write into an existing non-empty output folder")
+    add_outdir_arguments(f, "fit", force_help="write into a non-empty output folder, replacing "
+                                              "an earlier fit's outputs there")
     f.add_argument("--top", type=int, default=3, metavar="N",
                    help="fitted models written per structure (default: 3)")
     f.add_argument("--model-format", choices=("cif", "pdb"), default="cif",

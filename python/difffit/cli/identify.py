@@ -10,9 +10,9 @@ from typing import Sequence
 from ..errors import DifffitInputError
 from ..params import SCORES
 from ..structures import SELECTIONS
-from .common import (add_device_argument, add_map_arguments, add_search_arguments,
-                     check_device, check_output_dir, command_line, default_outdir,
-                     positive_int, search_overrides)
+from .common import (add_device_argument, add_map_arguments, add_outdir_arguments,
+                     add_search_arguments, check_device, check_output_dir, command_line,
+                     default_outdir, positive_int, search_overrides)
 
 
 def register(sub) -> None:
@@ -26,12 +26,9 @@ def register(sub) -> None:
     p.add_argument("--library", "-l", nargs="+", required=True, metavar="DIR_OR_FILE",
                    help="a folder of PDB/mmCIF files (optionally .gz), structure files, or "
                         "a .txt/.lst file listing one path per line")
-    p.add_argument("-o", "--outdir", default=None, metavar="DIR",
-                   help="output folder (default: difffit_identify/<map name>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in the output folder")
-    p.add_argument("--force", action="store_true",
-                   help="start afresh in an existing non-empty output folder")
+    add_outdir_arguments(p, "identify",
+                         force_help="start afresh in an existing non-empty output folder",
+                         resume_help="continue the interrupted run in the output folder")
     p.add_argument("--batch-atoms", type=positive_int, default=100_000, metavar="N",
                    help="at most N fitted atoms per batch (default: 100000)")
     p.add_argument("--top", type=int, default=10, metavar="N",
