@@ -78,7 +78,7 @@ def test_import_graph_has_no_circle_and_the_library_never_imports_the_cli():
 def test_the_public_face():
     import difffit
 
-    for name in ("fit", "composite", "identify", "score", "FitParams", "AcceptRules",
-                 "IdentifyParams", "read_map", "read_structure", "ops", "build_info"):
+    for name in ("fit", "composite", "assemble", "identify", "score", "FitParams", "AcceptRules",
+                 "AssembleParams", "IdentifyParams", "read_map", "read_structure", "ops", "build_info"):
         assert name in dir(difffit) and getattr(difffit, name) is not None
     assert callable(difffit.fit) and callable(difffit.composite) and callable(difffit.identify)

@@ -223,8 +223,10 @@ def _top_table(doc: str) -> list[list[str]]:
     return next(t for t in parser.tables if t["caption"].startswith("Top "))["rows"]
 
 
-def _check_fit_report_html(doc: str, result) -> None:
-    """The report of a one-structure fit lists its placements and holds its two plots."""
+def _check_fit_report_html(doc: str, result, views: int = 3, view3d: bool = True) -> None:
+    """The report of a one-structure fit lists its placements and holds its two plots, the
+    map along three axes around its best ``views`` placements (traces drawn in) and, with
+    ``view3d``, the Mol* view with its viewer loaded from beside the report."""
     from difffit.report.blocks import _fmt
 
     placements = result.for_structure(0)
@@ -238,7 +240,12 @@ def _check_fit_report_html(doc: str, result) -> None:
     assert '<table class="meta">' in doc
     # Two plots: the histogram of all starts with the best clusters marked, and the
     # convergence lines (one per marked cluster, plus the median of all starts).
-    assert doc.count("<svg") == 2
+    assert len(re.findall(r'<svg[^>]*class="plot"', doc)) == 2
+    n_views = 3 * min(views, len(placements))
+    assert doc.count('<svg class="view"') == n_views
+    assert doc.count('<image class="density"') == n_views
+    assert len(re.findall(r'<polyline class="trace"', doc)) >= n_views
+    assert ('id="molstar-view"' in doc and 'src="difffit_molstar/molstar.js"' in doc) == view3d
     n_marked = min(5, len(placements))
     assert len(re.findall(r'<line class="mark"', doc)) == n_marked
     assert len(re.findall(r'<polyline class="series"', doc)) == n_marked + 1
@@ -258,7 +265,7 @@ def test_fit_report_content(daq_fit, tmp_path):
 
 def test_fit_report_without_trajectory(daq_fit, tmp_path):
     doc = fit_report(replace(daq_fit, trajectory={}), tmp_path / "r.html").read_text()
-    assert "No trajectory recorded" in doc and "<svg" not in doc
+    assert "No trajectory recorded" in doc and not re.search(r'<svg[^>]*class="plot"', doc)
     assert len(_top_table(doc)) > 1
 
 
@@ -360,13 +367,14 @@ def test_png_decoder():
 
 @pytest.mark.slow
 def test_report_renders_in_headless_browser(daq_fit, browser, tmp_path):
-    path = fit_report(daq_fit, tmp_path / "report.html")
+    # The tables and plots (the pictures: test_report_pictures_in_headless_browser).
+    path = fit_report(daq_fit, tmp_path / "report.html", views=0, view3d=False)
     url = path.resolve().as_uri()
 
     # The DOM as the browser built it: the tables and both SVG plots survived parsing.
     dom = _run_browser(browser, tmp_path / "profile", "--dump-dom", url).stdout
     assert "<svg" in dom and "</html>" in dom
-    _check_fit_report_html(dom, daq_fit)
+    _check_fit_report_html(dom, daq_fit, views=0, view3d=False)
 
     # A screenshot of the top of the page: not blank (the white page, text, table shading,
     # bars and coloured lines give many distinct colours), and drawn over its whole width.
@@ -382,6 +390,158 @@ def test_report_renders_in_headless_browser(daq_fit, browser, tmp_path):
     # The plots' blue histogram bars (#9db4cf) are on screen, not just text.
     bar = np.all(np.abs(px.astype(int) - [0x9d, 0xb4, 0xcf]) <= 3, -1)
     assert bar.sum() > 500, "no histogram bars in the screenshot"
+
+
+class _Chromium:
+    """A headless Chromium driven over the DevTools protocol on a pipe
+    (``--remote-debugging-pipe``: JSON messages ending in NUL, the browser reading fd 3
+    and writing fd 4), so that a test can wait for a script-built view to be ready and
+    take a screenshot of one element (a screenshot flag alone fires at a fixed time).
+    WebGL runs on SwiftShader, Chromium's software renderer (no GPU needed)."""
+
+    def __init__(self, exe: str, profile: Path, width: int = 1000, height: int = 1400):
+        to_r, self._w = os.pipe()
+        self._r, from_w = os.pipe()
+
+        def child():
+            # Via spare numbers: dup2 onto the same number would keep close-on-exec.
+            a, b = os.dup(to_r), os.dup(from_w)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+            os.set_inheritable(3, True)
+            os.set_inheritable(4, True)
+
+        self.proc = subprocess.Popen(
+            [exe, "--headless", "--no-sandbox", "--hide-scrollbars",
+             f"--user-data-dir={profile}", "--use-angle=swiftshader",
+             "--enable-unsafe-swiftshader", f"--window-size={width},{height}",
+             "--remote-debugging-pipe", "about:blank"],
+            preexec_fn=child, close_fds=False, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        os.close(to_r)
+        os.close(from_w)
+        self._buf, self._id, self._session = b"", 0, None
+
+    def call(self, method: str, timeout: float = 90, **params):
+        import json
+        import select
+        import time
+
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params}
+        if self._session and not method.startswith("Target."):
+            msg["sessionId"] = self._session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        end = time.monotonic() + timeout
+        while True:
+            while b"\0" not in self._buf:
+                left = end - time.monotonic()
+                if left <= 0 or not select.select([self._r], [], [], left)[0]:
+                    raise TimeoutError(f"browser: no answer to {method} in {timeout} s")
+                chunk = os.read(self._r, 1 << 20)
+                assert chunk, "the browser closed its pipe"
+                self._buf += chunk
+            raw, self._buf = self._buf.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:  # events and other replies are skipped
+                assert "error" not in reply, f"{method}: {reply['error']}"
+                return reply.get("result", {})
+
+    def open(self, url: str) -> None:
+        target = self.call("Target.createTarget", url=url)["targetId"]
+        self._session = self.call("Target.attachToTarget", targetId=target,
+                                  flatten=True)["sessionId"]
+
+    def eval(self, expression: str):
+        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return r["result"].get("value")
+
+    def wait(self, expression: str, timeout: float = 180):
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            value = self.eval(expression)
+            if value:
+                return value
+            time.sleep(0.5)
+        raise TimeoutError(f"browser: still false after {timeout} s: {expression}")
+
+    def shot(self, selector: str) -> np.ndarray:
+        """[h, w, 3] pixels of the element ``selector`` (first match), as on screen."""
+        import base64
+
+        box = self.eval(f"(() => {{ const r = document.querySelector({selector!r})"
+                        ".getBoundingClientRect(); return {x: r.x + scrollX, y: r.y + scrollY, "
+                        "width: r.width, height: r.height, scale: 1}; })()")
+        data = self.call("Page.captureScreenshot", format="png", clip=box,
+                         captureBeyondViewport=True)["data"]
+        return _png_pixels(base64.b64decode(data))[..., :3]
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=10)
+        except (AssertionError, OSError, TimeoutError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._w)
+        os.close(self._r)
+
+
+@pytest.mark.slow
+def test_report_pictures_in_headless_browser(daq_fit, browser, tmp_path):
+    """The map's projections with the traces, and the Mol* view, as the browser draws them:
+    the DOM of both, and screenshots of both that are not blank."""
+    path = fit_report(daq_fit, tmp_path / "report.html")
+    assert (tmp_path / "difffit_molstar" / "molstar.js").stat().st_size > 4_000_000
+    alone = tmp_path / "moved" / "report.html"  # the page without the viewer's folder
+    alone.parent.mkdir()
+    alone.write_text(path.read_text())
+    chrome = _Chromium(browser, tmp_path / "profile")
+    try:
+        chrome.open(path.resolve().as_uri())
+        state = chrome.wait("document.readyState === 'complete' && "
+                            "document.getElementById('molstar-view').dataset.state !== 'loading'"
+                            " && document.getElementById('molstar-view').dataset.state")
+        assert state == "ready", chrome.eval("document.getElementById('molstar-view-note')"
+                                             ".textContent")
+        _check_fit_report_html(chrome.eval("document.documentElement.outerHTML"), daq_fit)
+        canvas = chrome.eval("(() => { const c = document.querySelector('#molstar-view canvas');"
+                             " return c ? [c.width, c.height] : null; })()")
+        assert canvas and min(canvas) > 100, canvas
+        # Every projection image decoded (an <image> with a broken data URI has no size).
+        assert chrome.eval("[...document.querySelectorAll('svg.view image')].every("
+                           "i => i.getBBox().width > 10)")
+
+        # The 3D view: the density and the model drawn over Mol*'s plain background.
+        px = chrome.shot("#molstar-view")
+        flat = px.reshape(-1, 3).astype(int)
+        colours, counts = np.unique(flat, axis=0, return_counts=True)
+        background = colours[counts.argmax()]
+        drawn = np.abs(flat - background).max(1) > 30
+        assert len(colours) > 50 and 0.02 < drawn.mean() < 0.9, \
+            f"3D view looks blank: {len(colours)} colours, {drawn.mean():.3f} drawn"
+
+        # The projections: the map grey on black, the trace in its colour (#ffb000).
+        px = chrome.shot("figure.views").astype(int)
+        black = (px.max(-1) < 8).mean()
+        trace = np.all(np.abs(px - [0xff, 0xb0, 0x00]) <= 12, -1).sum()
+        grey = ((px.max(-1) - px.min(-1) < 6) & (px.max(-1) > 60)).mean()
+        assert black > 0.05 and grey > 0.05 and trace > 100, (black, grey, trace)
+
+        # Moved without its viewer's folder, the page says what is missing.
+        chrome.open(alone.resolve().as_uri())
+        assert chrome.wait("document.readyState === 'complete' && "
+                           "document.getElementById('molstar-view').dataset.state") == "no-viewer"
+        assert "difffit_molstar/" in chrome.eval(
+            "document.getElementById('molstar-view-note').textContent")
+    finally:
+        chrome.close()
+
 
 
 # ----------------------------------------------------------------------------------------

@@ -24,10 +24,12 @@ from .errors import DifffitInputError, DifffitWarning  # noqa: E402
 _LAZY = {
     "fit": (".workflows.fit", "fit"),
     "composite": (".workflows.composite", "composite"),
+    "assemble": (".workflows.assemble", "assemble"),
     "identify": (".workflows.identify", "identify"),
     "score": (".workflows.score", "score"),
     "FitParams": (".params", "FitParams"),
     "AcceptRules": (".params", "AcceptRules"),
+    "AssembleParams": (".params", "AssembleParams"),
     "IdentifyParams": (".params", "IdentifyParams"),
     "METRICS": (".params", "METRICS"),
     "read_map": (".maps", "read_map"),

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DifffitInputError, opt, warn
+from .starts import starts_per_structure
 from .structures import simulation_mask
 
 __all__ = ["Finding", "report", "check_map", "check_structures", "check_memory",
@@ -134,7 +135,7 @@ def fit_memory(dmap, structures, params) -> Finding | None:
     every start) against what is available."""
     n_vox = float(np.prod(dmap.data.shape))
     grid = n_vox * (4 * (params.n_levels + 4) + 3 * 8)
-    starts = float(len(structures)) * params.n_rotations * params.n_positions
+    starts = float(len(structures)) * starts_per_structure(params)
     records = (params.n_iters // params.record_every + 2) * starts * 8 * 4
     try:
         check_memory(grid + records,

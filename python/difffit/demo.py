@@ -20,6 +20,7 @@ from .maps import DensityMap
 from .structures import Structure, _structure_from_gemmi
 from .rotations import quat_to_matrix, rotation_angle_deg
 from .simulate import splat_atoms
+from .starts import starts_per_structure
 
 __all__ = ["ideal_protein", "demo_map", "run_demo", "BOND", "ANGLE"]
 
@@ -452,7 +453,7 @@ def run_demo(outdir=None, seed: int = 0, device: str = "cpu", quick: bool = Fals
             f"rotation error {ang:.2f} deg, shift {sh:.2f} A, RMSD {rmsd:.2f} A, "
             f"hits {copies[-1]['hits']}, cam {copies[-1]['cam']:.3f}")
     n_ok = sum(c["recovered"] for c in copies)
-    n_starts = result.params.n_rotations * result.params.n_positions
+    n_starts = starts_per_structure(result.params)
     say(f"demo: fit of {n_starts} starts x {result.params.n_iters} steps took {elapsed:.1f} s "
         f"on {device} (" + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()
                                      if k != "total") + ")")

@@ -62,7 +62,7 @@ class Metrics:
 
     def __init__(self, structures: Sequence[Structure], centroids: np.ndarray, target: DensityMap,
                  level0: Tensor, pyr_origin, pyr_voxel, threshold: float, resolution: float,
-                 device):
+                 device, simulator=None):
         self.device = device
         dt = torch.float64
         # One voxel of zeros around the target: a point beyond the box then samples 0, as
@@ -77,7 +77,7 @@ class Metrics:
         sim_pts, sim_val, atom_pts, atom_val = [], [], [], []
         for s, c in zip(structures, centroids):
             xyz, z = _simulated_atoms(s)
-            p, v = molmap_envelope(xyz, z, resolution, frame=principal_frame(xyz, c))
+            p, v = _envelope(simulator, xyz, z, resolution, target, principal_frame(xyz, c))
             sim_pts.append(p - c)
             sim_val.append(v)
             atom_pts.append(xyz - c)
@@ -107,6 +107,17 @@ class Metrics:
         out["mean_density"] = st[:, 2] / n
         out["inside_fraction"] = st[:, 5] / n
         return out
+
+
+def _envelope(simulator, xyz: np.ndarray, z: np.ndarray, resolution: float,
+              target: DensityMap, frame=None) -> tuple[np.ndarray, np.ndarray]:
+    """The simulated map's scoring points and values: molmap's (None: the exact ChimeraX
+    numbers), or another simulator's on a grid at the target's voxel size (a learned
+    simulator knows only voxels of the size it was trained on)."""
+    if simulator is None:
+        return molmap_envelope(xyz, z, resolution, frame=frame)
+    spacing = simulator.spacing(resolution, float(np.mean(target.voxel_size)))
+    return simulator.envelope(xyz, z, resolution, frame=frame, spacing=spacing)
 
 
 def _inside(target: DensityMap, pts: np.ndarray) -> np.ndarray:
@@ -141,7 +152,8 @@ def _sums_at(volume: Tensor, target: DensityMap, pts: list[np.ndarray], w: list[
 
 def chimerax_metrics(target: DensityMap, structures: Sequence[Structure],
                      rotations: np.ndarray, translations: np.ndarray, index: Sequence[int],
-                     resolution: float, threshold: float) -> dict[str, np.ndarray]:
+                     resolution: float, threshold: float, simulator=None
+                     ) -> dict[str, np.ndarray]:
     """ChimeraX ``fitmap`` statistics of placements, each structure simulated where its
     placement puts it (``fitmap ... shift false rotate false``).
 
@@ -152,6 +164,7 @@ def chimerax_metrics(target: DensityMap, structures: Sequence[Structure],
         index: [P] structure of each placement.
         resolution: Angstrom (the simulation's).
         threshold: the target's contour level (for the fraction of atoms inside).
+        simulator: a :class:`difffit.simulators.Simulator`; None is molmap (ChimeraX's).
 
     Returns:
         [P] arrays: "correlation", "cam", "overlap", "envelope_points", "mean_density"
@@ -163,7 +176,7 @@ def chimerax_metrics(target: DensityMap, structures: Sequence[Structure],
     for R, t, i in zip(rotations, translations, index):
         xyz, z = sim[int(i)]
         moved = xyz @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64)
-        p, v = molmap_envelope(moved, z, resolution)
+        p, v = _envelope(simulator, moved, z, resolution, target)
         env_pts.append(p)
         env_w.append(v)
         atoms.append(moved)

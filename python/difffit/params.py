@@ -21,11 +21,13 @@ import numpy as np
 from .errors import DifffitInputError, opt
 
 __all__ = ["METRICS", "SCORES", "SIZE_FAIR", "FitParams", "AcceptRules", "IdentifyParams",
-           "resolve"]
+           "AssembleParams", "resolve"]
 
 # Metrics measured for every placement (docs/method.md section 6).
 METRICS = ("correlation", "cam", "overlap", "atom_correlation", "atom_cam", "atom_overlap",
            "inside_fraction", "mean_density", "pyramid_score")
+# Simulated-map makers (difffit.simulators); molmap is ChimeraX's and the default.
+SIMULATORS = ("molmap", "gemmi", "learned")
 # Scores identify can rank by: a metric, or how far the best placement stands out.
 SCORES = METRICS + ("zscore",)
 # Per-point (normalised) scores: fair across candidate sizes. The rest are sums.
@@ -74,10 +76,20 @@ def _choice(obj, name: str, choices) -> None:
 
 @dataclass
 class FitParams:
-    """Every knob of a fit; the defaults follow the paper's protocol (1000 starts, 200 steps)."""
+    """Every knob of a fit: 1000 starts (600 scanned, 400 focused) of 200 steps each."""
 
-    n_rotations: int = 100          # rotations per start position (uniform on SO(3))
-    n_positions: int = 10           # enveloped start positions per structure
+    # Starts (difffit.starts, docs/method.md section 5): n_positions positions spread over
+    # the density; at each, the n_rotations best of scan_rotations uniform rotations (scored
+    # without descent); then focus_starts restarts around each of the focus_top best
+    # distinct poses, perturbed by up to focus_angle degrees and focus_shift A.
+    n_rotations: int = 2            # starts per position (the best scanned rotations)
+    n_positions: int = 300          # start positions per structure, spread over the density
+    scan_rotations: int = 500       # rotations scored per position; <= n_rotations: no scan
+    focus_top: int = 10             # best distinct poses restarted from; 0: no focus
+    focus_starts: int | None = None  # restarts per focused pose; None: 2/3 of the scanned
+                                     # starts shared out (40 with the defaults)
+    focus_angle: float = 20.0       # degrees
+    focus_shift: float = 3.0        # Angstrom (sd per axis)
     n_iters: int = 200              # Adam steps
     lr_quat: float = 0.01
     lr_trans: float | None = None   # Angstrom per step; None -> 1 % of the mean box edge
@@ -99,6 +111,19 @@ class FitParams:
     min_inside_fraction: float = 0.0
     copies: int | str | None = None  # rank the N (or "auto") best distinct copies first
     min_plddt: float | None = None   # fit only residues with B-factor (pLDDT) >= this
+    # The simulated map the fitmap-style metrics and zero-out use (difffit.simulators):
+    # molmap (ChimeraX's), gemmi (electron form factors) or learned (needs checkpoint).
+    simulator: str = "molmap"
+    checkpoint: str | None = None
+    # Local and regional fits (difffit.region): refine from the current pose only; start
+    # only within `radius` A of `center`; search the map times a mask on its grid, or
+    # only within `zone_radius` A of the atoms of the structure file `zone`.
+    local: bool = False
+    center: tuple[float, float, float] | None = None
+    radius: float | None = None
+    mask: str | None = None
+    zone: str | None = None
+    zone_radius: float = 5.0
 
     def __post_init__(self):
         # Every field: its type and its range, so that a bad value stops here with its
@@ -108,18 +133,23 @@ class FitParams:
                      "max_points_per_batch"):
             _number(self, name, integer=True, lo=1)
         _number(self, "refine_top", integer=True, lo=1, none_ok=True)
-        for name in ("exact_top", "refine_iters", "dust_min_size", "seed"):
+        for name in ("exact_top", "refine_iters", "dust_min_size", "seed", "scan_rotations",
+                     "focus_top"):
             _number(self, name, integer=True, lo=0)
-        for name in ("lr_quat", "smooth_sigma", "shift_tol"):
+        for name in ("lr_quat", "smooth_sigma", "shift_tol", "focus_angle"):
             _number(self, name, lo=0, lo_open=True)
         _number(self, "lr_trans", lo=0, lo_open=True, none_ok=True)
         _number(self, "negative", lo=0)
+        _number(self, "focus_shift", lo=0)
+        _number(self, "focus_starts", integer=True, lo=0, none_ok=True)
         _number(self, "angle_tol", lo=0, hi=180, lo_open=True)
         _number(self, "min_inside_fraction", lo=0, hi=1)
         _flag(self, "refine")
         if self.copies != "auto":
             _number(self, "copies", integer=True, lo=1, none_ok=True)
         _number(self, "min_plddt", lo=0, hi=100, none_ok=True)
+        _simulator_fields(self)
+        _region_fields(self)
         if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
             raise DifffitInputError(f"{opt('device')} must be auto, cpu, cuda or cuda:N, "
                                     f"got {self.device!r}")
@@ -139,6 +169,59 @@ class FitParams:
             raise DifffitInputError(f"{opt('device', self.device)} asked for, but torch sees no "
                                     f"CUDA GPU; use {opt('device', 'cpu')}")
         return device
+
+
+def _region_fields(p: "FitParams") -> None:
+    """The local / regional fields of FitParams (difffit.region): types, ranges, and the
+    combinations that make sense (a local fit does not search, so it takes no centre)."""
+    import os
+
+    _flag(p, "local")
+    _number(p, "radius", lo=0, lo_open=True, none_ok=True)
+    _number(p, "zone_radius", lo=0, lo_open=True)
+    if p.center is not None:
+        c = p.center
+        if isinstance(c, str):
+            c = c.replace(",", " ").split()
+        try:
+            c = tuple(float(v) for v in c)
+        except (TypeError, ValueError):
+            c = ()
+        if len(c) != 3 or not all(math.isfinite(v) for v in c):
+            raise DifffitInputError(f"{opt('center')} must be three finite numbers x, y, z "
+                                    f"(Angstrom), got {p.center!r}")
+        p.center = c
+        if p.radius is None:
+            raise DifffitInputError(f"{opt('center')} needs {opt('radius', 'R')}: the starts "
+                                    f"lie within R Angstrom of the centre")
+    elif p.radius is not None:
+        raise DifffitInputError(f"{opt('radius')} needs {opt('center', 'X,Y,Z')}")
+    if p.local and p.center is not None:
+        raise DifffitInputError(f"{opt('local', True)} refines from the current pose and does "
+                                f"not search: leave out {opt('center')} / {opt('radius')}")
+    for name in ("mask", "zone"):
+        v = getattr(p, name)
+        if v is not None:
+            if not isinstance(v, (str, os.PathLike)) or not str(v):
+                raise DifffitInputError(f"{opt(name)} must be the path of a file, got {v!r}")
+            setattr(p, name, str(v))
+
+
+def _simulator_fields(p) -> None:
+    """simulator: one of SIMULATORS; checkpoint: a file path, needed by (only) learned."""
+    import os
+
+    _choice(p, "simulator", SIMULATORS)
+    if p.checkpoint is not None:
+        if not isinstance(p.checkpoint, (str, os.PathLike)) or not str(p.checkpoint):
+            raise DifffitInputError(f"{opt('checkpoint')} must be the path of a file, got "
+                                    f"{p.checkpoint!r}")
+        p.checkpoint = str(p.checkpoint)
+    if p.simulator == "learned" and p.checkpoint is None:
+        raise DifffitInputError(f"{opt('simulator', 'learned')} needs {opt('checkpoint', 'FILE')} "
+                                f"(written by difffit train-simulator)")
+    if p.simulator != "learned" and p.checkpoint is not None:
+        raise DifffitInputError(f"{opt('checkpoint')} is for {opt('simulator', 'learned')} only")
 
 
 @dataclass
@@ -215,12 +298,22 @@ class IdentifyParams:
         selection: atoms fitted ("backbone", "ca", "heavy", "all").
         skip_bad: leave unreadable library files out (listed in the result and the log)
             instead of stopping with an error naming the file.
+        first_pass: screen the library first with a coarse search (a Gaussian per
+            ``first_pass_atoms`` fitted atoms, ``first_pass_iters`` steps) and fit fully
+            only the candidates that could still reach the top ``first_pass_top``
+            (bound: ``first_pass_margin`` in the score's units, widened by the largest
+            gain seen; difffit.workflows.prescreen).
     """
 
     score: str = "cam"
     batch_atoms: int = 100_000
     selection: str = "backbone"
     skip_bad: bool = False
+    first_pass: bool = False
+    first_pass_top: int = 10
+    first_pass_margin: float = 0.1
+    first_pass_atoms: float = 20.0
+    first_pass_iters: int = 100
 
     def __post_init__(self):
         from .structures import SELECTIONS
@@ -229,6 +322,41 @@ class IdentifyParams:
         _number(self, "batch_atoms", integer=True, lo=1)
         _choice(self, "selection", SELECTIONS)
         _flag(self, "skip_bad")
+        _flag(self, "first_pass")
+        for name in ("first_pass_top", "first_pass_iters"):
+            _number(self, name, integer=True, lo=1)
+        _number(self, "first_pass_margin", lo=0)
+        _number(self, "first_pass_atoms", lo=1)
+
+
+@dataclass
+class AssembleParams:
+    """Joint assembly's own settings (:func:`difffit.assemble`, docs/method.md section 10).
+
+    Attributes:
+        n_candidates: placements of each structure's own fit kept as starts, per copy.
+        n_combos: configurations built from those candidates (the first greedily, best
+            score first with no CA clash; the others with the order shuffled by noise).
+        n_random: configurations with every unit at a random pose in the density.
+        joint_iters: Adam steps of the joint optimisation on the search pyramid.
+        refine_iters: steps of the final joint refinement against the unsmoothed map.
+        clash_weight: weight of the claim penalty (density claimed twice), per fitted
+            atom, in units of the search volume (at most ``n_levels`` inside density).
+    """
+
+    n_candidates: int = 4
+    n_combos: int = 24
+    n_random: int = 8
+    joint_iters: int = 120
+    refine_iters: int = 60
+    clash_weight: float = 4.0
+
+    def __post_init__(self):
+        _number(self, "n_candidates", integer=True, lo=1)
+        _number(self, "n_combos", integer=True, lo=1)
+        for name in ("n_random", "joint_iters", "refine_iters"):
+            _number(self, name, integer=True, lo=0)
+        _number(self, "clash_weight", lo=0)
 
 
 def resolve(overrides: dict[str, Any], *given: tuple[type, Any]) -> list[Any]:

@@ -273,6 +273,8 @@ class CompositeResult(_Placements):
         copies: the copy numbers asked for per structure (None: open).
         stop_reason: why the run stopped.
         outdir: the output folder, when written; ``paths``: the final files.
+        symmetry: the :class:`difffit.symmetry.Symmetry` used (its axis, centre and
+            self-correlation), or None.
     """
 
     placements: list[CompositePlacement]
@@ -288,6 +290,7 @@ class CompositeResult(_Placements):
     stop_reason: str
     outdir: Path | None = None
     paths: dict[str, Path] = field(default_factory=dict)
+    symmetry: Any = None  # difffit.symmetry.Symmetry used (composite / assemble), or None
 
     def _names(self) -> list[str]:
         return [s.name for s in self.structures]

@@ -213,7 +213,8 @@ def sample_points(volume: torch.Tensor, origin: Sequence[float], voxel_size: Seq
 
 
 def explained_mask(dmap: DensityMap, placed: Sequence[Structure], resolution: float,
-                   fraction: float = AcceptRules.zero_fraction, device: str = "cpu") -> np.ndarray:
+                   fraction: float = AcceptRules.zero_fraction, device: str = "cpu",
+                   simulator=None) -> np.ndarray:
     """Voxels of a map explained by placed structures.
 
     Each structure's map is simulated on ``dmap``'s grid at ``resolution`` (ChimeraX
@@ -228,6 +229,8 @@ def explained_mask(dmap: DensityMap, placed: Sequence[Structure], resolution: fl
         resolution: Angstrom.
         fraction: level relative to each simulated maximum, in (0, 1)
             (composite's ``AcceptRules.zero_fraction``).
+        simulator: a :class:`difffit.simulators.Simulator` to simulate with; None is
+            molmap (this function's own, identical numbers).
 
     Returns:
         [nz, ny, nx] bool.
@@ -236,7 +239,8 @@ def explained_mask(dmap: DensityMap, placed: Sequence[Structure], resolution: fl
         raise DifffitInputError(f"zero fraction must be between 0 and 1 (exclusive), got {fraction}")
     mask = np.zeros(dmap.data.shape, dtype=bool)
     for s in placed:
-        sim = molmap(s, resolution, like=dmap, device=device).data
+        sim = (molmap(s, resolution, like=dmap, device=device) if simulator is None
+               else simulator.simulate(s, resolution, like=dmap)).data
         peak = float(sim.max())
         if peak > 0:  # a structure entirely outside the box explains nothing
             mask |= sim > fraction * peak
@@ -244,7 +248,8 @@ def explained_mask(dmap: DensityMap, placed: Sequence[Structure], resolution: fl
 
 
 def zero_out(dmap: DensityMap, placed: Sequence[Structure], resolution: float,
-             fraction: float = AcceptRules.zero_fraction, device: str = "cpu") -> DensityMap:
+             fraction: float = AcceptRules.zero_fraction, device: str = "cpu",
+             simulator=None) -> DensityMap:
     """The map with the density explained by placed structures set to zero.
 
     Zeroing (not subtracting a scaled simulation) is docs/method.md section 9: it needs no
@@ -255,12 +260,12 @@ def zero_out(dmap: DensityMap, placed: Sequence[Structure], resolution: float,
         dmap: the map.
         placed: structures in their placed coordinates.
         resolution: Angstrom.
-        fraction: see :func:`explained_mask`.
+        fraction, simulator: see :func:`explained_mask`.
 
     Returns:
         A new DensityMap on the same grid ([nz, ny, nx]).
     """
-    mask = explained_mask(dmap, placed, resolution, fraction, device)
+    mask = explained_mask(dmap, placed, resolution, fraction, device, simulator)
     data = dmap.data.copy()
     data[mask] = 0.0
     return dmap.copy_with(data)

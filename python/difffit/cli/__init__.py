@@ -1,4 +1,5 @@
-"""Command line: ``difffit fit | score | demo | info | composite | simulate | zero | identify``.
+"""Command line: ``difffit fit | score | demo | info | composite | assemble | simulate | zero | identify |
+train-simulator``.
 
 Also available as ``python -m difffit``. Every subcommand module has ``register(sub)``,
 which adds its parser(s) and sets ``_run(args, argv) -> int``. Bad input (a missing file,
@@ -16,12 +17,12 @@ import warnings
 from typing import Sequence
 
 from ..errors import DifffitInputError, DifffitWarning, cli_spelling
-from . import composite, demo, fit, identify, score, simulate
+from . import assemble, composite, demo, fit, gmm, identify, score, simulate, train
 
 __all__ = ["main", "build_parser"]
 
 # In the order of ``difffit --help``.
-_COMMANDS = (fit, score, demo, composite, simulate, identify)
+_COMMANDS = (fit, score, demo, composite, assemble, simulate, identify, train, gmm)
 
 
 def build_parser() -> argparse.ArgumentParser:

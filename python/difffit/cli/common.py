@@ -72,9 +72,15 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     --positions, --iterations, --no-refine, --refine-top (see :func:`search_overrides`)."""
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--rotations", type=positive_int, default=None, metavar="N",
-                   help="rotations per start position (default: 100)")
+                   help="starts per position: the N best of the scanned rotations (default: 2)")
     p.add_argument("--positions", type=positive_int, default=None, metavar="N",
-                   help="start positions per structure (default: 10)")
+                   help="start positions per structure, spread over the density (default: 300)")
+    p.add_argument("--scan-rotations", type=non_negative_int, default=None, metavar="N",
+                   help="rotations scored at each position to choose the starts (default: "
+                        "500; 0: no scan, N uniform rotations)")
+    p.add_argument("--focus-top", type=non_negative_int, default=None, metavar="K",
+                   help="restart around the K best distinct poses of the first descent "
+                        "(default: 10; 0: no restarts)")
     p.add_argument("--iterations", type=positive_int, default=None, metavar="N",
                    help="gradient steps (default: 200)")
     p.add_argument("--no-refine", action="store_true",
@@ -84,12 +90,28 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dust-min-size", type=non_negative_int, default=None, metavar="N",
                    help="leave out pieces of density above the contour smaller than N voxels "
                         "(default: 100; 0 keeps every piece)")
+    add_simulator_arguments(p)
+
+
+def add_simulator_arguments(p: argparse.ArgumentParser) -> None:
+    """--simulator molmap|gemmi|learned and --checkpoint FILE (difffit.simulators)."""
+    from ..params import SIMULATORS
+
+    p.add_argument("--simulator", choices=SIMULATORS, default="molmap",
+                   help="how simulated maps are made (metrics, zero-out): molmap (default, "
+                        "ChimeraX's Gaussians), gemmi (electron form factors), learned (a "
+                        "trained network, needs --checkpoint)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="the learned simulator's checkpoint (from difffit train-simulator)")
 
 
 def search_overrides(args: argparse.Namespace) -> dict:
     """FitParams fields from the options of :func:`add_search_arguments` (those given)."""
-    out = {"seed": args.seed, "refine": not args.no_refine}
+    out = {"seed": args.seed, "refine": not args.no_refine, "simulator": args.simulator}
+    if args.checkpoint is not None:
+        out["checkpoint"] = args.checkpoint
     for key, value in (("n_rotations", args.rotations), ("n_positions", args.positions),
+                       ("scan_rotations", args.scan_rotations), ("focus_top", args.focus_top),
                        ("n_iters", args.iterations), ("refine_top", args.refine_top),
                        ("dust_min_size", args.dust_min_size)):
         if value is not None:
@@ -97,6 +119,54 @@ def search_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+
+
+def point(text: str) -> tuple[float, float, float]:
+    """X,Y,Z: three numbers (Angstrom)."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        out = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"three numbers X,Y,Z expected, got {text!r}") from None
+    if len(out) != 3:
+        raise argparse.ArgumentTypeError(f"three numbers X,Y,Z expected, got {text!r}")
+    return out
+
+
+def add_region_arguments(p: argparse.ArgumentParser) -> None:
+    """Local and regional fits (difffit.region): --local, --center/--radius, --mask,
+    --zone/--zone-radius (see :func:`region_overrides`)."""
+    g = p.add_argument_group("local and regional fits")
+    g.add_argument("--local", action="store_true",
+                   help="refine the structures from their current pose only (no search; "
+                        "as ChimeraX fitmap without search)")
+    g.add_argument("--center", type=point, default=None, metavar="X,Y,Z",
+                   help="start the search only within --radius of this point (Angstrom)")
+    g.add_argument("--radius", type=positive_float, default=None, metavar="R",
+                   help="radius of the --center sphere in Angstrom")
+    g.add_argument("--mask", default=None, metavar="MASK.mrc",
+                   help="search the map times this mask (same grid as MAP; a segment, or a "
+                        "soft mask with values in [0, 1])")
+    g.add_argument("--zone", default=None, metavar="MODEL",
+                   help="search only the map within --zone-radius of MODEL's atoms")
+    g.add_argument("--zone-radius", type=positive_float, default=None, metavar="R",
+                   help="radius of the --zone in Angstrom (default: 5)")
+
+
+def region_overrides(args: argparse.Namespace) -> dict:
+    """FitParams fields from the options of :func:`add_region_arguments` (those given)."""
+    out = {}
+    if args.local:
+        out["local"] = True
+    for key in ("center", "radius", "mask", "zone", "zone_radius"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    if args.zone_radius is not None and args.zone is None:
+        raise DifffitInputError("--zone-radius needs --zone MODEL")
+    from ..region import check_paths
+
+    check_paths(FitParams(**out))  # bad combinations and missing files: before any work
+    return out
 
 
 def add_structure_options(p: argparse.ArgumentParser, selection: bool = True) -> None:

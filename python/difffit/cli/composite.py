@@ -10,7 +10,7 @@ from ..errors import DifffitInputError
 from ..params import AcceptRules
 from .common import (add_device_argument, add_map_arguments, add_outdir_arguments,
                      add_search_arguments, add_structure_options, check_device,
-                     check_output_dir, command_line, default_outdir, positive_float,
+                     check_output_dir, command_line, default_outdir, point, positive_float,
                      positive_int, read_structures, search_overrides)
 
 
@@ -46,6 +46,18 @@ _RULE_OPTIONS = (
 )
 
 
+def add_symmetry_arguments(p: argparse.ArgumentParser) -> None:
+    """--symmetry Cn|Dn|auto, --symmetry-axis, --symmetry-centre."""
+    p.add_argument("--symmetry", default=None, metavar="Cn|Dn|auto",
+                   help="the map's point symmetry: fit the asymmetric unit, generate and "
+                        "check its symmetric copies (auto: find the order from the map)")
+    p.add_argument("--symmetry-axis", type=point, default=None, metavar="X,Y,Z",
+                   help="direction of the n-fold axis (default: found from the map)")
+    p.add_argument("--symmetry-centre", "--symmetry-center", type=point, default=None,
+                   metavar="X,Y,Z", dest="symmetry_centre",
+                   help="a point on the axis, Angstrom (default: found from the map)")
+
+
 def register(sub) -> None:
     c = sub.add_parser(
         "composite", help="place several subunits into one map, round after round",
@@ -66,6 +78,7 @@ def register(sub) -> None:
         force_help="start anew in a non-empty output folder (its previous run is removed)",
         resume_help="continue the run recorded in the output folder after its last round")
     c.add_argument("--report", action="store_true", help="also write report.html")
+    add_symmetry_arguments(c)
     add_structure_options(c)
     add_device_argument(c)
     add_search_arguments(c)
@@ -103,7 +116,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
               f"{args.resolution:g} A -> {outdir}/", file=sys.stderr)
     result = composite(dmap, structures, args.resolution, threshold=args.threshold,
                        copies=copies, outdir=outdir, resume=args.resume, force=args.force,
-                       rules=rules, progress=not args.quiet, **overrides)
+                       rules=rules, progress=not args.quiet, symmetry=args.symmetry,
+                       symmetry_axis=args.symmetry_axis, symmetry_centre=args.symmetry_centre,
+                       **overrides)
     command = command_line(argv)
     atomic_write(outdir / "command.txt", command + "\n")
     if args.report:

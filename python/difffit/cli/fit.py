@@ -8,13 +8,14 @@ from typing import Sequence
 from ..errors import DifffitInputError
 from ..params import METRICS
 from .common import (add_device_argument, add_map_arguments, add_outdir_arguments,
-                     add_search_arguments, add_structure_options, check_device,
-                     check_output_dir, command_line, default_outdir, positive_int,
-                     search_overrides)
+                     add_region_arguments, add_search_arguments, add_structure_options,
+                     check_device, check_output_dir, command_line, default_outdir,
+                     positive_int, region_overrides, search_overrides)
 
 # The files a fit writes into its folder (difffit.output.fit); a folder in the place of
 # one is refused before the fit.
-FIT_OUTPUTS = ("results.csv", "results.json", "difffit_fits.cxc", "trajectories.npz",
+FIT_OUTPUTS = ("results.csv", "results.json", "difffit_fits.cxc", "difffit_fits.positions",
+               "trajectories.npz",
                "report.html", "log.txt", "map.mrc")
 
 
@@ -26,7 +27,9 @@ def register(sub) -> None:
     )
     add_map_arguments(f)
     f.add_argument("structures", metavar="STRUCTURE", nargs="+",
-                   help="structures to fit (PDB/mmCIF, optionally .gz)")
+                   help="structures to fit (PDB/mmCIF, optionally .gz), or one map "
+                        "(MRC/CCP4) fitted through its Gaussian mixture (writes "
+                        "fitted_map_N.mrc on the target's grid)")
     add_structure_options(f)
     f.add_argument("--split-chains", action="store_true",
                    help="fit every chain as a structure of its own")
@@ -38,6 +41,7 @@ def register(sub) -> None:
     f.add_argument("--model-format", choices=("cif", "pdb"), default="cif",
                    help="format of the fitted models (default: cif)")
     add_search_arguments(f)
+    add_region_arguments(f)
     f.add_argument("--rank-by", choices=METRICS, default=None,
                    help="metric that ranks the placements (default: cam)")
     f.add_argument("--copies", type=_copies, default=None, metavar="N|auto",
@@ -60,8 +64,9 @@ def _copies(text: str) -> int | str:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..workflows.fit import fit
-    from ..maps import read_map
+    from ..maps import read_map, write_map
     from ..output import write_fit_outputs
+    from ..workflows.mapfit import is_map_source, resample
     from ..runs import check_outdir
     from ..structures import split_chains
     from .common import read_structures
@@ -75,24 +80,36 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     check_output_dir(outdir, files=FIT_OUTPUTS, folders=("models",))
 
     dmap = read_map(args.map, voxel_size=args.voxel_size)
-    structures = []
-    for s in read_structures(args, args.structures):
-        structures.extend(split_chains(s) if args.split_chains else [s])
-    if not structures:
+    source_map = None  # a map to place (difffit.workflows.mapfit): through its mixture
+    if len(args.structures) == 1 and is_map_source(args.structures[0]):
+        source_map = read_map(args.structures[0])
+        structures = source_map
+    else:
+        structures = []
+        for s in read_structures(args, args.structures):
+            structures.extend(split_chains(s) if args.split_chains else [s])
+    if source_map is None and not structures:
         raise DifffitInputError("no structure left to fit (every chain was skipped)")
 
     overrides = {**search_overrides(args), "device": args.device}
     if args.rank_by is not None:
         overrides["rank_by"] = args.rank_by
-    overrides.update(copies=args.copies, min_plddt=args.min_plddt)
+    overrides.update(copies=args.copies, min_plddt=args.min_plddt, **region_overrides(args))
     if not args.quiet:
-        print(f"difffit: fitting {len(structures)} structure(s) into {args.map} "
+        print(f"difffit: fitting {1 if source_map else len(structures)} "
+              f"{'map' if source_map else 'structure(s)'} into {args.map} "
               f"({'x'.join(map(str, dmap.shape_xyz))} voxels) at {args.resolution:g} A",
               file=sys.stderr)
     result = fit(dmap, structures, args.resolution, threshold=args.threshold,
                  progress=not args.quiet, **overrides)
     paths = write_fit_outputs(result, outdir, top=args.top, model_format=args.model_format,
                               force=args.force, command=command_line(argv), report=args.report)
+    if source_map is not None:  # the placed source maps on the target's grid
+        for p in result.for_structure(0)[: max(args.top, 1)]:
+            out = paths["outdir"] / f"fitted_map_{p.rank}.mrc"
+            write_map(out, resample(source_map, dmap, p.rotation, p.translation),
+                      overwrite=args.force)
+            print(f"difffit: wrote {out}", file=sys.stderr)
     for note in result.notes:
         print(f"difffit: {note}", file=sys.stderr)
     for name, why in result.ambiguous.items():

@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave unreadable library files out (listed in the log) instead of "
                         "stopping")
+    p.add_argument("--first-pass", type=positive_int, default=None, metavar="K",
+                   help="screen the library with a coarse Gaussian-mixture search first and "
+                        "fit fully only the candidates that could still reach the top K")
     add_device_argument(p, default="auto")
     dask = p.add_mutually_exclusive_group()
     dask.add_argument("--dask-scheduler", metavar="ADDRESS", default=None,
@@ -94,6 +97,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     check_output_dir(outdir, files=("ranking.csv", "ranking.json", "identify_log.txt",
                                     "report.html"), folders=("models", "checkpoint"))
     overrides = {**search_overrides(args), "device": args.device}
+    if args.first_pass is not None:
+        overrides.update(first_pass=True, first_pass_top=args.first_pass)
     command = command_line(argv)
     dmap = read_map(map_path, voxel_size=args.voxel_size)  # a bad map fails before Dask starts
     client, cluster = _dask_client(args)
@@ -125,6 +130,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
               + f", {result.timings['total']:.1f} s (threshold {result.threshold:.4g})"
               + (f"; skipped {len(result.skipped)} unreadable file(s), see the log"
                  if result.skipped else ""))
+        fp = getattr(result, "first_pass", None)
+        if fp:
+            print(f"first pass: {fp['fitted']} of {len(result.candidates)} candidates fitted "
+                  f"fully (could reach the top {fp['top']}: estimate + {fp['gain_bound']:.3f} "
+                  f">= {fp['top_full_score']:.3f}); the rest ranked after them, unscored")
     print(f"results written to {outdir}/ (ranking.csv, models/, identify_log.txt"
           + (", report.html" if args.report else "") + ")")
     return 0

@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Sequence
 
-from .common import add_map_arguments, add_structure_options, read_structures
+from .common import (add_map_arguments, add_simulator_arguments, add_structure_options,
+                     read_structures)
 
 
 def register(sub) -> None:
@@ -20,6 +21,7 @@ def register(sub) -> None:
     add_map_arguments(p)
     p.add_argument("structures", metavar="STRUCTURE", nargs="+", help="placed structures (PDB/mmCIF)")
     add_structure_options(p, selection=False)
+    add_simulator_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per structure (a list)")
     p.set_defaults(_run=run)
 
@@ -30,7 +32,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..workflows.score import score
 
     dmap = read_map(args.map, voxel_size=args.voxel_size)
-    rows = score(dmap, read_structures(args, args.structures), args.resolution, args.threshold)
+    rows = score(dmap, read_structures(args, args.structures), args.resolution, args.threshold,
+                 simulator=args.simulator, checkpoint=args.checkpoint)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

@@ -8,8 +8,8 @@ from typing import Sequence
 
 from ..errors import DifffitInputError
 from ..params import AcceptRules
-from .common import (add_output_map_arguments, add_structure_options, check_output_file,
-                     positive_float, read_structures, voxel_size)
+from .common import (add_output_map_arguments, add_simulator_arguments, add_structure_options,
+                     check_output_file, positive_float, read_structures, voxel_size)
 
 
 def register(sub) -> None:
@@ -21,6 +21,7 @@ def register(sub) -> None:
     s.add_argument("structure", metavar="STRUCTURE", help="PDB/mmCIF file")
     add_output_map_arguments(s)
     add_structure_options(s, selection=False)
+    add_simulator_arguments(s)
     grid = s.add_mutually_exclusive_group()
     grid.add_argument("--like", default=None, metavar="MAP", help="use this map's grid")
     grid.add_argument("--spacing", type=positive_float, default=None, metavar="S",
@@ -38,6 +39,7 @@ def register(sub) -> None:
     z.add_argument("--fraction", type=float, default=AcceptRules.zero_fraction, metavar="F",
                    help="zero-out level, fraction of the simulated maximum "
                         f"(default: {AcceptRules.zero_fraction})")
+    add_simulator_arguments(z)
     z.add_argument("--voxel-size", type=voxel_size, default=None, metavar="V",
                    help="override the map header's voxel size")
     z.set_defaults(_run=run_zero)
@@ -45,30 +47,34 @@ def register(sub) -> None:
 
 def run_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..maps import read_map, write_map
-    from ..simulate import molmap
+    from ..simulators import get_simulator
 
     out = Path(args.output)
     check_output_file(out, args.force)
+    simulator = get_simulator(args.simulator, args.checkpoint)
     structure = read_structures(args, [args.structure])[0]
     like = read_map(args.like) if args.like else None
-    sim = molmap(structure, args.resolution, like=like, spacing=args.spacing)
+    sim = simulator.simulate(structure, args.resolution, like=like, spacing=args.spacing)
     write_map(out, sim, overwrite=args.force)
     print(f"simulated map of {structure.name} ({structure.n_atoms} atoms, "
-          f"{'x'.join(map(str, sim.shape_xyz))} voxels) written to {out}")
+          f"{'x'.join(map(str, sim.shape_xyz))} voxels, simulator {simulator.name}) "
+          f"written to {out}")
     return 0
 
 
 def run_zero(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..maps import read_map, write_map
     from ..simulate import explained_mask
+    from ..simulators import get_simulator
 
     out = Path(args.output)
     check_output_file(out, args.force)
     if not 0.0 < args.fraction < 1.0:
         raise DifffitInputError(f"--fraction must be between 0 and 1, got {args.fraction}")
+    simulator = get_simulator(args.simulator, args.checkpoint)
     dmap = read_map(args.map, voxel_size=args.voxel_size)
     placed = read_structures(args, args.structures)
-    mask = explained_mask(dmap, placed, args.resolution, args.fraction)
+    mask = explained_mask(dmap, placed, args.resolution, args.fraction, simulator=simulator)
     data = dmap.data.copy()
     data[mask] = 0.0
     write_map(out, dmap.copy_with(data), overwrite=args.force)

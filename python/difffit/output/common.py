@@ -23,10 +23,14 @@ def abs_path(path: str | None) -> str | None:
 
 
 def cxc_quote(path: str) -> str:
-    """Quote a path for a ChimeraX command when it holds spaces or quotes."""
-    if re.search(r"[\s\"';#]", path):
-        return '"' + path.replace('"', '\\"') + '"'
-    return path
+    """Quote a path for a ChimeraX command when it holds spaces, quotes, ';' or '#' (or is
+    empty): in double quotes, or in single quotes when it holds a double quote (ChimeraX
+    ends a quoted word at the closing quote followed by a space or the line's end)."""
+    if path and not re.search(r"[\s\"';#]", path):
+        return path
+    if '"' in path and "'" not in path:
+        return "'" + path + "'"
+    return '"' + path.replace('"', '\\"') + '"'
 
 
 def map_file(dmap: DensityMap, outdir: Path, paths: dict[str, Path]) -> str:

@@ -12,6 +12,8 @@ Layout (``outdir``; every file is written atomically)::
                              accepted: the map did not change)
     composite.cif            all placed chains, renamed <chain>_<input>_<copy>
     composite.cxc            ChimeraX script: the map, the composite model, the residual map
+    composite.positions      every placed copy as a ChimeraX positions line, for its input
+                             file (output.chimerax)
     summary.csv, summary.txt one row per placed copy
     summary.json             the same rows, with the score's metric, every column's units,
                              the transform convention and the inputs (read_results reads it)
@@ -35,6 +37,7 @@ from ..maps import DensityMap, write_map
 from ..results import CompositePlacement, CompositeResult, RoundRecord, score_column
 from ..structures import Structure, combine, write_structure
 from ..tables import csv_text
+from .chimerax import chain_spec, model_name, positions_text
 from .common import (COLOURS, cxc_quote, describe_rows, map_file, map_record,
                      structure_records, version)
 
@@ -102,6 +105,8 @@ def _cxc_text(result: CompositeResult, map_path: str, model_path: Path,
         "# difffit composite: open in UCSF ChimeraX (`open composite.cxc`).",
         "# Model numbers assume a fresh session: #1 the map, #2 the composite model"
         + (", #3 the density left unexplained (hidden)." if residual else "."),
+        "# composite.positions: each placed copy's placement of its input file, one line per "
+        "copy (ChimeraX: open the input files, then open composite.positions models #N-M).",
         f"open {cxc_quote(map_path)}",
         f"volume #1 level {result.threshold:.6g} style surface transparency 0.6",
     ]
@@ -116,7 +121,11 @@ def _cxc_text(result: CompositeResult, map_path: str, model_path: Path,
         colour = COLOURS[i % len(COLOURS)]
         lines.append(f"# {s.name} (input {i + 1}): {len(copies)} cop{'y' if len(copies) == 1 else 'ies'}, "
                      f"scores {', '.join(f'{p.score:.3f}' for p in copies)}")
-        lines.append(f"color #2/{','.join(chains)} {colour} target ac")
+        spec, bad = chain_spec(2, chains)
+        if spec:
+            lines.append(f"color {spec} {colour} target ac")
+        if bad:  # a chain id an atom spec would misread (a comma, a dash, a space...)
+            lines.append(f"# chains {' '.join(repr(c) for c in bad)}: not colourable by atom spec")
     if residual:
         lines += [f"open {cxc_quote(residual)}",
                   f"volume #3 level {result.threshold:.6g} style mesh", "hide #3 models"]
@@ -133,7 +142,7 @@ def write_composite_outputs(result: CompositeResult, outdir) -> dict[str, Path]:
     These files belong to the run in ``outdir`` and are replaced when it is resumed.
 
     Returns:
-        Paths written: "outdir", "model", "cxc", "csv", "json", "txt" (and "map" when the
+        Paths written: "outdir", "model", "cxc", "positions", "csv", "json", "txt" (and "map" when the
         input map had no file and was written here).
     """
     outdir = Path(outdir)
@@ -150,6 +159,10 @@ def write_composite_outputs(result: CompositeResult, outdir) -> dict[str, Path]:
     atomic_write(paths["cxc"], _cxc_text(
         result, map_path, paths["model"].resolve(),
         None if residual is None else str(Path(residual).resolve())))
+    paths["positions"] = outdir / "composite.positions"
+    atomic_write(paths["positions"], positions_text(
+        (model_name(result.structures[p.structure_index]), p.rotation, p.translation)
+        for p in result.placements))
     rows = result.rows()
     paths["csv"] = outdir / "summary.csv"
     atomic_write(paths["csv"], csv_text(rows))
@@ -158,7 +171,9 @@ def write_composite_outputs(result: CompositeResult, outdir) -> dict[str, Path]:
         "difffit_version": version(), "kind": "composite", "map": map_record(result.map, map_path),
         "structures": structure_records(result.structures), "resolution": result.resolution,
         "threshold": result.threshold, "copies": result.copies, "rounds": len(result.rounds),
-        "stop_reason": result.stop_reason, **describe_rows(rows, result.params.rank_by),
+        "stop_reason": result.stop_reason,
+        "symmetry": None if result.symmetry is None else result.symmetry.as_dict(),
+        **describe_rows(rows, result.params.rank_by),
         "model": paths["model"].name if result.placements else None, "placements": rows})
     paths["txt"] = outdir / "summary.txt"
     atomic_write(paths["txt"], result.summary_table() + "\n")

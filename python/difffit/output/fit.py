@@ -9,6 +9,8 @@ Layout of an output folder (all written by :func:`write_fit_outputs`)::
                           (with their centroids), timings, version and the files written
     models/<s>_rank<k>.cif  the top placements of each structure, all atoms, original names
     difffit_fits.cxc      ChimeraX script: opens the map and the models
+    difffit_fits.positions  the same placements as a ChimeraX positions file, one line per
+                          model of the script, for the input files (output.chimerax)
     trajectories.npz      recorded poses and scores of every start, with the structures'
                           names and centroids (:func:`difffit.readback.read_trajectories`)
     report.html           only with report=True: tables and plots (difffit.report)
@@ -40,6 +42,7 @@ from ..results import FitResult
 from ..runs import check_outdir
 from ..structures import write_structure
 from ..tables import csv_text
+from .chimerax import model_name, positions_text
 from .common import (COLOURS, TRAJECTORY_POSE, build_info, check_model_format, cxc_quote,
                      describe_rows, map_file, map_record, structure_records, version)
 
@@ -83,6 +86,11 @@ def _cxc_text(result: FitResult, map_path: str, models: list[tuple[Any, Path]]) 
         )
         lines.append(f"open {cxc_quote(str(path))}")
         lines.append(f"color #{model_id} {colour} target ac")
+    if models:
+        last = f"-{len(models) + 1}" if len(models) > 1 else ""
+        lines += ["# The same placements for the input files: open them (unmoved) as models "
+                  f"#2{last}, in the order above,",
+                  f"# then: open difffit_fits.positions models #2{last}"]
     lines += ["hide atoms", "show cartoons", "view"]
     return "\n".join(lines) + "\n"
 
@@ -191,6 +199,11 @@ def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: 
     atomic_write(paths["cxc"], _cxc_text(result, map_path,
                                           [(p, path.resolve()) for p, path in written_models]))
 
+    paths["positions"] = outdir / "difffit_fits.positions"
+    atomic_write(paths["positions"], positions_text(
+        (model_name(result.structures[p.structure_index]), p.rotation, p.translation)
+        for p, _ in written_models))
+
     paths["trajectories"] = outdir / "trajectories.npz"
     atomic_write(paths["trajectories"], _trajectories_npz(result))
 
@@ -201,6 +214,10 @@ def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: 
         # The folder was checked above (empty, or force): replacing is what was asked.
         paths["report"] = fit_report(result, outdir / "report.html", overwrite=True,
                                      command=command)
+        from ..report.molstar import ASSET_DIR  # the report's 3D viewer, beside it
+
+        for f in sorted((outdir / ASSET_DIR).glob("*")):
+            paths[f"asset:{f.name}"] = f
 
     paths["json"] = outdir / "results.json"  # written last: it lists every file
     paths["log"] = outdir / "log.txt"

@@ -7,12 +7,14 @@ from pathlib import Path
 from .. import __version__
 from ..results import CompositeResult
 from .blocks import histogram, line_plot, page, table, write_report
+from .molstar import write_assets
+from .views import picture_section
 
 __all__ = ["composite_report"]
 
 
 def composite_report(result: CompositeResult, path, overwrite: bool = False,
-                     command: str | None = None) -> Path:
+                     command: str | None = None, view3d: bool = True) -> Path:
     """Write a self-contained HTML report of a composite run.
 
     Sections: the placed copies; the acceptance rule's settings; the unexplained density
@@ -25,6 +27,8 @@ def composite_report(result: CompositeResult, path, overwrite: bool = False,
         path: the .html file.
         overwrite: replace an existing file.
         command: the command line, shown in the header table.
+        view3d: an interactive 3D view (Mol*) of the placed copies in the map, beside
+            the map's projections (the viewer is written next to the report).
 
     Returns:
         The path written.
@@ -41,6 +45,11 @@ def composite_report(result: CompositeResult, path, overwrite: bool = False,
     sections.append(("Placed copies", table(placed, caption=(
         f"{len(result.placements)} copies in {len(result.rounds)} round(s); stopped: "
         f"{result.stop_reason}. Chains are named <chain>_<input>_<copy>."))))
+    if result.placements:
+        sections.append(("The copies in the map", picture_section(
+            result.map, result.threshold,
+            [(f"{p.structure_name} copy {p.copy}", p.moved(result.structures[p.structure_index]))
+             for p in result.placements], view3d=view3d)))
     rules = result.rules
     sections.append(("Acceptance rule", table([
         {"rule": "score (fit's rank_by metric) at least", "value": rules.min_score},
@@ -77,6 +86,10 @@ def composite_report(result: CompositeResult, path, overwrite: bool = False,
             "threshold": result.threshold,
             "structures": ", ".join(s.name for s in result.structures),
             "copies asked": ", ".join("open" if c is None else str(c) for c in result.copies),
+            **({"symmetry": result.symmetry.describe()} if result.symmetry is not None else {}),
             "parameters": result.params}
-    return write_report(path, page("difffit composite", sections, meta=meta),
-                           overwrite=overwrite)
+    out = write_report(path, page("difffit composite", sections, meta=meta),
+                       overwrite=overwrite)
+    if view3d and result.placements:
+        write_assets(out.parent)
+    return out

@@ -10,6 +10,8 @@ import numpy as np
 
 from ..results import FitResult
 from .blocks import _esc, _fmt, bar_chart, histogram, line_plot, page, table, write_report
+from .molstar import molstar_view, write_assets
+from .views import placed_trace, projection_views
 
 __all__ = ["fit_report", "fit_sections", "fit_meta"]
 
@@ -54,10 +56,11 @@ def _hits(n: int) -> str:
     return f"{n} hit{'s' if n != 1 else ''}"
 
 
-def fit_sections(result: FitResult, top: int = 10) -> list[tuple[str, str]]:
+def fit_sections(result: FitResult, top: int = 10, views: int = 3) -> list[tuple[str, str]]:
     """The sections of a fit report: a summary (more than one structure), then per
-    structure its ranked placements, the score distribution of all its starts and the
-    convergence of its best clusters.
+    structure its ranked placements, the map around its best ``views`` placements with
+    their traces drawn in (:mod:`difffit.report.views`), the score distribution of all its
+    starts and the convergence of its best clusters.
 
     Workflows that embed fits in their own reports (:func:`page`) can reuse these.
     """
@@ -81,6 +84,11 @@ def fit_sections(result: FitResult, top: int = 10) -> list[tuple[str, str]]:
                 table([{k: v for k, v in r.items() if k != "structure"}
                        for r in _placement_rows(result, ps[:top])],
                       caption=f"Top {min(top, len(ps))} placements")]
+        for p in ps[:max(int(views), 0)]:
+            body.append(projection_views(
+                result.map, [(f"{s.name} rank {p.rank}", placed_trace(s, p.rotation, p.translation))],
+                caption=f"Rank {p.rank} ({result.params.rank_by} {_fmt(p.score)}, "
+                        f"{_hits(p.hits)}):"))
         starts = _starts(result, i)
         if starts is None:
             body.append('<p class="note">No trajectory recorded: no per-start plots.</p>')
@@ -128,7 +136,7 @@ def fit_meta(result: FitResult, command: str | None = None) -> dict:
 
 
 def fit_report(result: FitResult, path, overwrite: bool = False, top: int = 10, *,
-               command: str | None = None) -> Path:
+               command: str | None = None, views: int = 3, view3d: bool = True) -> Path:
     """Write the HTML report of a fit (``difffit fit --report``).
 
     Args:
@@ -137,6 +145,9 @@ def fit_report(result: FitResult, path, overwrite: bool = False, top: int = 10, 
         overwrite: replace an existing file.
         top: placements listed per structure.
         command: the command line, shown in the report's header table.
+        views: placements per structure shown in the map along three axes.
+        view3d: an interactive 3D view (Mol*) of each structure's best placement in the
+            map; the viewer is written next to the report (:mod:`difffit.report.molstar`).
 
     Returns:
         The path written.
@@ -144,5 +155,16 @@ def fit_report(result: FitResult, path, overwrite: bool = False, top: int = 10, 
     names = ", ".join(s.name for s in result.structures[:4])
     if len(result.structures) > 4:
         names += f" and {len(result.structures) - 4} more"
-    html = page(f"difffit fit: {names}", fit_sections(result, top), fit_meta(result, command))
-    return write_report(path, html, overwrite=overwrite)
+    sections = fit_sections(result, top, views)
+    if view3d:
+        best = [(i, result.for_structure(i)[0]) for i in range(len(result.structures))
+                if result.for_structure(i)]
+        sections.insert(0, ("3D view", molstar_view(
+            result.map, result.threshold,
+            [(f"{result.structures[i].name} rank 1", p.moved(result.structures[i]))
+             for i, p in best[:8]])))
+    html = page(f"difffit fit: {names}", sections, fit_meta(result, command))
+    out = write_report(path, html, overwrite=overwrite)
+    if view3d:
+        write_assets(out.parent)
+    return out

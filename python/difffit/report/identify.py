@@ -7,13 +7,16 @@ from pathlib import Path
 from .. import __version__
 from ..params import SIZE_FAIR
 from ..results import IdentifyResult
-from .blocks import bar_chart, histogram, page, table, write_report
+from ..errors import DifffitInputError
+from .blocks import _esc, bar_chart, histogram, page, table, write_report
+from .molstar import write_assets
+from .views import picture_section
 
 __all__ = ["identify_report"]
 
 
 def identify_report(result: IdentifyResult, path, overwrite: bool = False, top: int = 30, *,
-                    command: str | None = None) -> Path:
+                    command: str | None = None, view3d: bool = True) -> Path:
     """Write the HTML report of an identify run: the ranked table, the scores of the best
     candidates as bars, and the distribution of every candidate's score.
 
@@ -23,6 +26,8 @@ def identify_report(result: IdentifyResult, path, overwrite: bool = False, top: 
         overwrite: replace an existing file.
         top: candidates in the table and the bar chart.
         command: the command line, shown in the header.
+        view3d: an interactive 3D view (Mol*) of the best candidate in its placement,
+            beside the map's projections (the viewer is written next to the report).
 
     Returns:
         The path written.
@@ -62,6 +67,17 @@ def identify_report(result: IdentifyResult, path, overwrite: bool = False, top: 
                      title=f"{result.score} of every candidate", xlabel=result.score,
                      marks=marks)),
     ]
+    if result.candidates:
+        best = result.candidates[0]
+        try:
+            placed = [(f"#1 {best.name}", result.structure(best))]
+        except (DifffitInputError, OSError) as exc:  # its file gone since the run
+            placed, view3d = [], False
+            sections.append(("The best candidate in the map",
+                             f'<p class="note">{_esc(str(exc))}</p>'))
+        if placed:
+            sections.insert(1, ("The best candidate in the map", picture_section(
+                result.map, result.threshold, placed, view3d=view3d)))
     if result.skipped:
         sections.append(("Skipped files", table([{"file": f, "reason": why}
                                                   for f, why in result.skipped])))
@@ -81,4 +97,7 @@ def identify_report(result: IdentifyResult, path, overwrite: bool = False, top: 
         "parameters": result.params, "timings (s)": result.timings,
     })
     title = f"difffit identify: {Path(m.path).name if m.path else 'map'}"
-    return write_report(path, page(title, sections, meta), overwrite=overwrite)
+    out = write_report(path, page(title, sections, meta), overwrite=overwrite)
+    if view3d and result.candidates:
+        write_assets(out.parent)
+    return out

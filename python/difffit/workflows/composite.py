@@ -54,7 +54,9 @@ from ..preprocess import remove_dust
 from ..results import CompositePlacement, CompositeResult, FitResult, RoundRecord
 from ..runs import RunFolder, map_fingerprint, structure_fingerprint
 from ..simulate import zero_out
+from ..simulators import simulator_for
 from ..structures import Structure, trace_mask
+from ..symmetry import expand_placements, resolve_symmetry
 from ..tables import pose_columns
 
 __all__ = ["composite"]
@@ -92,6 +94,14 @@ def _normalise_copies(copies, structures: Sequence[Structure]) -> list[int | Non
                 f"copies: {structures[k].name}: copy number must be an integer >= 1 or None "
                 f"(open), got {v!r}")
     return [None if v is None else int(v) for v in out]
+
+
+def _asu_copies(w: int, sym, k: int) -> int:
+    """Copies of structure ``k`` in the asymmetric unit: ``w`` in the whole map / group size."""
+    if w % sym.n_operators:
+        raise DifffitInputError(f"copies: {w} copies of structure {k + 1} cannot be made of "
+                                f"whole {sym.name} sets; give a multiple of {sym.n_operators}")
+    return w // sym.n_operators
 
 
 def _density_above(dmap: DensityMap, threshold: float) -> float:
@@ -174,6 +184,7 @@ def composite(target, structures, resolution: float, threshold: float | None = N
               copies=None, outdir=None, resume: bool = False, force: bool = False,
               params: FitParams | None = None, rules: AcceptRules | None = None,
               progress: bool = False, log: Callable[[str], None] | None = None,
+              symmetry=None, symmetry_axis=None, symmetry_centre=None,
               **overrides) -> CompositeResult:
     """Place several subunits into one map, round after round (see the module docstring).
 
@@ -197,6 +208,11 @@ def composite(target, structures, resolution: float, threshold: float | None = N
         rules: AcceptRules.
         progress: progress bars and one line per round on stderr.
         log: called with one line per round (default: print to stderr when ``progress``).
+        symmetry: None, "Cn", "Dn", "auto" or a :class:`difffit.symmetry.Symmetry`: the
+            structures are the asymmetric unit (one copy each unless ``copies`` says how
+            many in the whole map, a multiple of the group's size); each accepted copy's
+            symmetric images are added after the rounds, those that clash left out.
+        symmetry_axis, symmetry_centre: [3] each; None: found from the map.
         overrides: single fields of AcceptRules (``min_score=0.4``) or FitParams
             (``n_iters=100``).
 
@@ -219,6 +235,10 @@ def composite(target, structures, resolution: float, threshold: float | None = N
     device = str(params.torch_device())
     if log is None:
         log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
+    sym = resolve_symmetry(dmap, thr, symmetry, symmetry_axis, symmetry_centre)
+    if sym is not None:  # the rounds place the asymmetric unit; its images come after
+        log(f"composite: symmetry {sym.describe()}")
+        want = [1 if w is None else _asu_copies(w, sym, k) for k, w in enumerate(want)]
 
     now = {"format": _STATE_FORMAT, "difffit_version": __version__,
            "key": _run_key(dmap, structs, resolution, thr, want, rules, params),
@@ -291,7 +311,8 @@ def composite(target, structures, resolution: float, threshold: float | None = N
         new_working = None
         if accepted:
             new_working = zero_out(working, [p.moved(structs[p.structure_index]) for p in accepted],
-                                   resolution, rules.zero_fraction, device)
+                                   resolution, rules.zero_fraction, device,
+                                   simulator_for(params))
         rec = RoundRecord(index=k, fitted=fitted, accepted=accepted, candidates=rows,
                           timings={"fit": t1 - t0, "decide": t2 - t1,
                                    "zero": time.perf_counter() - t2},
@@ -310,10 +331,17 @@ def composite(target, structures, resolution: float, threshold: float | None = N
             + (", ".join(f"{p.structure_name} copy {p.copy} ({p.score:.3f})" for p in accepted)
                or "nothing"))
 
+    if sym is not None:
+        placements, dropped = expand_placements(placements, structs, sym, dmap, resolution, thr,
+                                                rules.clash_distance, rules.max_clash, params.rank_by)
+        for line in dropped:
+            log(f"composite: {line}")
+        want = [w if w is None else w * sym.n_operators for w in want]
+        stop += f"; {sym.name} images added ({len(dropped)} left out for a clash)"
     result = CompositeResult(placements=placements, structures=structs, map=dmap,
                              working_map=working, resolution=resolution, threshold=thr,
                              params=params, rules=rules, copies=want, rounds=rounds,
-                             stop_reason=stop, outdir=out)
+                             stop_reason=stop, outdir=out, symmetry=sym)
     if out is not None:
         now["finished"], now["stop_reason"] = True, stop
         now["total_seconds_last_session"] = time.perf_counter() - t_start

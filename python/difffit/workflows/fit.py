@@ -4,7 +4,8 @@ Three stages (docs/method.md sections 3-8), each a function of its own:
 
 1. :func:`_search`: preprocess the target into a multi-resolution, negative-space pyramid
    (its levels summed once: fixed weights, so every iteration samples a single channel);
-   ``n_rotations`` uniform rotations x ``n_positions`` enveloped positions for each
+   starts from :mod:`difffit.starts` (positions spread over the density, the best scanned
+   rotations at each, then focused restarts around the best poses) for each
    structure, all structures through the ragged kernel in one batch (chunked when the
    batch would exceed ``max_points_per_batch`` atom samples); Adam on (quaternion,
    translation) of every start, the pose and score recorded together every
@@ -37,11 +38,15 @@ from ..copies import select_copies, significance
 from ..errors import DifffitInputError, opt
 from ..maps import DensityMap, read_map
 from ..metrics import Metrics, chimerax_metrics, ragged
+from ..simulators import simulator_for
 from ..params import FitParams, resolve
-from ..preprocess import Pyramid, build_pyramid, default_threshold, envelope_positions
+from ..preprocess import Pyramid, build_pyramid, default_threshold
+from ..region import check_paths, describe, local_starts, restrict_map, restrict_starts
 from ..results import FitResult, Placement
-from ..rotations import quat_to_matrix, uniform_rotations
+from ..rotations import quat_to_matrix
 from ..search import Batch, chunks, optimise, refine
+from .mapfit import MAP_SOURCE_OPTIONS, is_map_source, map_as_structure
+from ..starts import focus_per_pose, focused_starts, scanned_starts, spread_positions, starts_per_structure
 from ..structures import (Structure, alphafold_evidence, read_structure, simulation_mask,
                           trace_mask, with_min_plddt)
 
@@ -146,39 +151,74 @@ def _setup(dmap, structs, params, resolution, threshold) -> _Setup:
     centroids = np.stack([s.centroid for s in structs])
     pts, off = ragged([s.fit_coords - c for s, c in zip(structs, centroids)], device)
     ops.validate_ragged(pts, off, torch.zeros(0, dtype=torch.int64))
-    per = params.n_rotations * params.n_positions
+    per = starts_per_structure(params)
     mol_idx = torch.arange(len(structs)).repeat_interleave(per).to(device)
     return _Setup(dmap, structs, params, device, resolution, thr, pyr, volume,
                   pyr.origin.tolist(), pyr.voxel_size.tolist(), centroids, Batch(pts, off),
                   mol_idx, per)
 
 
+def _scan_points(su: _Setup) -> tuple[Tensor, Tensor]:
+    """Ragged [A, 3] trace atoms (CA / P) of the fitted atoms, centred as the fit atoms:
+    the points the start scan scores (a quarter of the backbone, the same shape)."""
+    pts = []
+    for s, c in zip(su.structs, su.centroids):
+        mask = trace_mask(s) & s.fit_mask
+        pts.append((s.coords[mask] if mask.any() else s.fit_coords) - c)
+    return ragged(pts, su.device)
+
+
+def _descend(su: _Setup, quat0: Tensor, trans0: Tensor, mol_idx: Tensor, lr_trans: float,
+             bar) -> dict[str, Tensor]:
+    """Adam on the given starts, in chunks that keep each batch under
+    max_points_per_batch atom samples; the recorded quat [K,S,4], trans [K,S,3], score [K,S]."""
+    off = su.batch.offsets
+    n_atoms = (off[1:] - off[:-1]).cpu()[mol_idx.cpu()]
+    parts = chunks(n_atoms, su.params.max_points_per_batch)
+    if bar is not None:  # one step per chunk and iteration; the focus descent adds its own
+        bar.total = (bar.total or 0) + su.params.n_iters * len(parts)
+        bar.refresh()
+    recs = [optimise(su.volume, su.origin, su.voxel, su.batch, quat0[a:b], trans0[a:b],
+                     mol_idx[a:b], su.params, lr_trans, bar) for a, b in parts]
+    rec = {k: torch.cat([r[k] for r in recs], 1) for k in ("quat", "trans", "score")}
+    rec["iteration"] = recs[0]["iteration"]
+    return rec
+
+
 def _search(su: _Setup, progress: bool) -> _Searched:
-    """Every structure gets the same rotations x positions; Adam on all starts."""
+    """Scanned starts, descent, focused restarts around the best poses, descent
+    (difffit.starts); every structure's starts contiguous, scanned then focused."""
     params, M = su.params, len(su.structs)
     box = np.array(su.pyr.shape[::-1]) * su.pyr.voxel_size
     lr_trans = params.lr_trans if params.lr_trans else 0.01 * float(box.mean())
-    rots = uniform_rotations(params.n_rotations, seed=params.seed)            # [R, 4]
-    pos = envelope_positions(su.pyr, params.n_positions, seed=params.seed)    # [N, 3]
-    quat0 = rots.repeat(params.n_positions, 1).repeat(M, 1)                   # [M*N*R, 4]
-    trans0 = pos.repeat_interleave(params.n_rotations, 0).repeat(M, 1)        # [M*N*R, 3]
-    quat0, trans0 = quat0.to(su.device, torch.float32), trans0.to(su.device, torch.float32)
-    off, mol_idx = su.batch.offsets, su.mol_idx
-    # Chunks of starts keep each batch under max_points_per_batch.
-    n_atoms = (off[1:] - off[:-1]).cpu()[mol_idx.cpu()]
-    parts = chunks(n_atoms, params.max_points_per_batch)
+    focus = not params.local and params.focus_top > 0 and focus_per_pose(params) > 0
+    if params.local:  # one start per structure, where it is (difffit.region)
+        quat0, trans0 = local_starts(su.centroids, "cpu")                    # [M, 4], [M, 3]
+        quat0, trans0 = quat0.to(su.device, torch.float32), trans0.to(su.device, torch.float32)
+        mol0 = su.mol_idx
+    else:
+        pos = spread_positions(restrict_starts(su.pyr, params), params.n_positions,
+                               seed=params.seed)                              # [N, 3]
+        quat0, trans0, mol0 = scanned_starts(su.volume, su.origin, su.voxel,
+                                             *_scan_points(su), pos, params)  # [M*N*R, .]
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=params.n_iters * len(parts), desc="fitting", unit="step")
-    recs = [optimise(su.volume, su.origin, su.voxel, su.batch, quat0[a:b], trans0[a:b],
-                     mol_idx[a:b], params, lr_trans, bar) for a, b in parts]
+        bar = tqdm(total=0, desc="fitting", unit="step")
+    rec = _descend(su, quat0, trans0, mol0, lr_trans, bar)
+    if focus:
+        ar = torch.arange(mol0.numel(), device=mol0.device)
+        best = rec["score"].argmax(0)
+        q2, t2, mol2 = focused_starts(rec["quat"][best, ar], rec["trans"][best, ar],
+                                      rec["score"][best, ar], mol0, M, params)
+        rec2 = _descend(su, q2, t2, mol2, lr_trans, bar)
+        order = torch.argsort(torch.cat([mol0, mol2]).cpu(), stable=True).to(mol0.device)
+        rec = {k: torch.cat([rec[k], rec2[k]], 1).index_select(1, order)
+               for k in ("quat", "trans", "score")} | {"iteration": rec["iteration"]}
     if bar is not None:
         bar.close()
-    rec = {k: torch.cat([r[k] for r in recs], 1) for k in ("quat", "trans", "score")}
-    rec["iteration"] = recs[0]["iteration"]
     best_k = rec["score"].argmax(0)                                           # [S]
-    ar = torch.arange(mol_idx.numel(), device=best_k.device)
+    ar = torch.arange(su.mol_idx.numel(), device=best_k.device)
     return _Searched(rec, best_k, rec["quat"][best_k, ar], rec["trans"][best_k, ar])
 
 
@@ -186,7 +226,8 @@ def _cluster(su: _Setup, se: _Searched) -> _Clustered:
     """Metrics of every start's best pose; greedy clustering per structure."""
     params = su.params
     metrics = Metrics(su.structs, su.centroids, su.dmap, su.pyr.levels[..., 0], su.origin,
-                      su.voxel, su.threshold, su.resolution, su.device)
+                      su.voxel, su.threshold, su.resolution, su.device,
+                      simulator=simulator_for(params))
     m_all = metrics(se.q_best, se.t_best, su.mol_idx)
     ar = torch.arange(su.mol_idx.numel(), device=se.best_k.device)
     m_all["pyramid_score"] = se.rec["score"][se.best_k, ar].double()
@@ -248,7 +289,7 @@ def _refine_and_rank(su: _Setup, se: _Searched, cl: _Clustered) -> list[Placemen
         R_sel = R_rep.numpy()[idx]
         T_sel = t_rep.cpu().numpy()[idx] - np.einsum("pij,pj->pi", R_sel, su.centroids[mol])
         cx = chimerax_metrics(su.dmap, su.structs, R_sel, T_sel, mol, su.resolution,
-                              su.threshold)
+                              su.threshold, simulator=simulator_for(params))
         for k in ("correlation", "cam", "overlap", "mean_density", "inside_fraction"):
             m_rep[k][exact.to(m_rep[k].device)] = torch.from_numpy(cx[k]).to(m_rep[k])
 
@@ -281,7 +322,11 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
 
     Args:
         target: DensityMap or path of an MRC/CCP4 map.
-        structures: Structure objects or paths (PDB/mmCIF), fitted together in one batch.
+        structures: Structure objects or paths (PDB/mmCIF), fitted together in one batch;
+            or one map (a DensityMap or an MRC/CCP4 path), fitted through its Gaussian
+            mixture (:mod:`difffit.workflows.mapfit`; keywords ``source_threshold``,
+            ``n_gaussians``, ``gmm_iters``); ``result.source_map`` and ``result.mixture``
+            are then set.
         resolution: map resolution in Angstrom (simulated maps for the metrics).
         threshold: contour level in map units; None uses
             :func:`difffit.preprocess.default_threshold` (mean + 1 standard deviation).
@@ -294,16 +339,31 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
         FitResult with the ranked placements of every structure.
     """
     t_start = time.perf_counter()
+    source = None
+    if is_map_source(structures):  # a map to place: through its Gaussian mixture
+        opts = {k: overrides.pop(k) for k in MAP_SOURCE_OPTIONS if k in overrides}
+        pseudo, src_map, mixture = map_as_structure(structures, check_resolution(resolution),
+                                                    **opts)
+        source, structures = (src_map, mixture), [pseudo]
     (params,) = resolve(overrides, (FitParams, params))
     dmap = as_map(target)
     structs, notes = _fitted_atoms(as_structures(structures), params)
     resolution = check_resolution(resolution)
     threshold = check_threshold(threshold, dmap)
+    check_paths(params)
+    simulator_for(params)   # a missing or foreign checkpoint stops here, before the search
+    # A regional fit searches (and measures) a cut-out of the map; the result keeps the
+    # map. Cut first: a mask on another grid is refused before any other check or work.
+    t0 = time.perf_counter()
+    search_map = restrict_map(dmap, params, structs, threshold)
+    t_cut = time.perf_counter() - t0
     if check:
         report(before_search(dmap, structs, resolution, threshold, params))
     timings = {}
-    t0 = time.perf_counter()
-    su = _setup(dmap, structs, params, resolution, threshold)
+    t0 = time.perf_counter() - t_cut
+    su = _setup(search_map, structs, params, resolution, threshold)
+    if describe(params):
+        notes.append(describe(params))
     timings["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     se = _search(su, progress)
@@ -321,9 +381,15 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
     timings["total"] = time.perf_counter() - t_start
     traj = {k: v.cpu().numpy() for k, v in se.rec.items()}
     traj["mol_idx"] = su.mol_idx.cpu().numpy()
-    return FitResult(placements=placements, structures=structs, map=dmap, params=params,
-                     resolution=resolution, threshold=su.threshold, timings=timings,
-                     trajectory=traj, ambiguous=ambiguous, notes=notes)
+    result = FitResult(placements=placements, structures=structs, map=dmap, params=params,
+                       resolution=resolution, threshold=su.threshold, timings=timings,
+                       trajectory=traj, ambiguous=ambiguous, notes=notes)
+    if source is not None:
+        result.source_map, result.mixture = source
+        notes.append(f"{structs[0].name}: a map, placed through its mixture of "
+                     f"{len(source[1])} Gaussians (correlation with the map "
+                     f"{source[1].info['correlation']:.3f})")
+    return result
 
 
 def _fitted_atoms(structs: list[Structure], params: FitParams) -> tuple[list[Structure], list[str]]:

@@ -54,6 +54,7 @@ import numpy as np
 
 from .. import __version__
 from ..dask_runner import run_on_dask, worker_setup
+from ..errors import DifffitInputError, opt
 from ..files import jsonable
 from ..checks import before_search, report
 from .fit import as_map, check_resolution, check_threshold, fit
@@ -64,6 +65,7 @@ from ..params import METRICS, FitParams, IdentifyParams, resolve
 from ..results import Candidate, IdentifyResult
 from ..runs import RunFolder, check_outdir, key_hash, map_fingerprint
 from ..structures import Structure, read_structure
+from .prescreen import first_pass, run_rounds, screened_evidence
 
 __all__ = ["identify"]
 
@@ -227,6 +229,12 @@ def identify(target, library, resolution: float, threshold: float | None = None,
     khash = key_hash(key)
 
     done: dict[int, dict] = {}
+    if settings.first_pass:
+        if resume or client is not None:
+            raise DifffitInputError(f"{opt('first_pass', True)} does not combine with "
+                                    f"resume or a Dask client yet: its batches are decided "
+                                    f"as the run goes")
+        plan = []  # decided by the first pass
     if folder is not None:
         state = folder.open(key, resume, force)
         if state is not None:
@@ -278,8 +286,13 @@ def identify(target, library, resolution: float, threshold: float | None = None,
                 "entries": [(i, entries[i].source, entries[i].label) for i in plan[b]]}
 
     t0 = time.perf_counter()
+    screened: list[dict] = []
+    first = None
     try:
-        if client is None:
+        if settings.first_pass:
+            screened, first = _with_first_pass(dmap, entries, plan, resolution, threshold,
+                                               fparams, settings, task, finished, done)
+        elif client is None:
             for b in pending:
                 finished(_run_batch(task(b), dmap))
         else:
@@ -292,6 +305,7 @@ def identify(target, library, resolution: float, threshold: float | None = None,
 
     # Rank: score (NaN last), then library order, so ties and reruns rank alike.
     cands = [Candidate.from_dict(c) for b in sorted(done) for c in done[b]["candidates"]]
+    cands += [Candidate.from_dict(c) for c in screened]  # no score: ranked after the fitted
     cands.sort(key=lambda c: (not math.isfinite(c.score), -c.score if math.isfinite(c.score) else 0.0,
                               c.index))
     for r, c in enumerate(cands, 1):
@@ -308,9 +322,46 @@ def identify(target, library, resolution: float, threshold: float | None = None,
         _library=[e.source for e in entries])
     result.timings = {"read_library": t_read, "fit": t_fit,
                       "total": time.perf_counter() - t_start}
+    result.first_pass = first
+    if first is not None:
+        result.timings["first_pass"] = first["seconds_first_pass"]
     if outdir is not None:
         write_identify_outputs(result, outdir, top=top, model_format=model_format,
                                command=command, log=log)
     return result
 
 
+
+
+def _with_first_pass(dmap, entries, plan: list, resolution: float, threshold: float,
+                     fparams: FitParams, settings: IdentifyParams, task, finished,
+                     done: dict) -> tuple[list[dict], dict]:
+    """The coarse first pass over the whole library, then full fits (the usual batches,
+    appended to ``plan``) of the candidates the bound keeps (:mod:`.prescreen`).
+
+    Returns:
+        (evidence of the screened-out candidates, the bound's record).
+    """
+    t0 = time.perf_counter()
+    est = first_pass(dmap, entries, resolution, threshold, fparams, settings.selection,
+                     settings.batch_atoms, settings.score, settings.first_pass_atoms,
+                     settings.first_pass_iters)
+    t_first = time.perf_counter() - t0
+
+    def fit_indices(todo: list[int]) -> dict[int, float]:
+        scores = {}
+        for idx in plan_batches([entries[i] for i in todo], int(settings.batch_atoms)):
+            b = len(plan)
+            plan.append(idx)  # entry indices
+            finished(_run_batch(task(b), dmap))
+            for c in done[b]["candidates"]:
+                scores[c["index"]] = float("nan") if c["score"] is None else float(c["score"])
+        return scores
+
+    record = run_rounds(est, int(settings.first_pass_top), float(settings.first_pass_margin),
+                        fit_indices)
+    record["seconds_first_pass"] = t_first
+    fitted = {i for b in done for i in done[b]["indices"]}
+    screened = [screened_evidence(entries[i], est[i], settings.score)
+                for i in sorted(est) if i not in fitted]
+    return [jsonable(d) for d in screened], record

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..metrics import chimerax_metrics
 from ..preprocess import default_threshold
+from ..simulators import get_simulator
 from ..structures import simulation_mask
 from .fit import as_map, as_structures, check_resolution
 
@@ -16,7 +17,8 @@ SCORE_COLUMNS = ("correlation", "cam", "overlap", "envelope_points", "mean_densi
                  "inside_fraction", "n_atoms")
 
 
-def score(target, structures, resolution: float, threshold: float | None = None) -> list[dict]:
+def score(target, structures, resolution: float, threshold: float | None = None,
+          simulator: str = "molmap", checkpoint=None) -> list[dict]:
     """The fit metrics of structures where they are, one dict per structure.
 
     Args:
@@ -26,6 +28,8 @@ def score(target, structures, resolution: float, threshold: float | None = None)
             resolution``).
         threshold: the map's contour level, for the fraction of atoms inside it; None:
             mean + 1 standard deviation.
+        simulator, checkpoint: the simulated map (:mod:`difffit.simulators`): molmap
+            (default, ChimeraX's numbers), gemmi, or learned with its checkpoint file.
 
     Returns:
         Per structure: "structure", "file", and ChimeraX's "correlation", "cam"
@@ -38,8 +42,9 @@ def score(target, structures, resolution: float, threshold: float | None = None)
     resolution = check_resolution(resolution)
     thr = float(default_threshold(dmap.data) if threshold is None else threshold)
     P = len(structs)
+    sim = None if simulator == "molmap" else get_simulator(simulator, checkpoint)
     m = chimerax_metrics(dmap, structs, np.repeat(np.eye(3)[None], P, 0), np.zeros((P, 3)),
-                         list(range(P)), resolution, thr)
+                         list(range(P)), resolution, thr, simulator=sim)
     rows = []
     for k, s in enumerate(structs):
         row = {"structure": s.name, "file": s.path}

@@ -1,0 +1,180 @@
+"""Gaussian mixtures (difffit.gmm): built from real structures and maps, against the
+plain-PyTorch reference and the molmap kernel; files; the coarse search; identify's
+first pass; the CLI."""
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from difffit import DifffitInputError, FitParams, identify, read_map
+from difffit import gmm
+from difffit.cli import main
+from difffit.gmm_fit import as_structure, from_map, mixture_correlation
+from difffit.gmm_search import coarse_search
+from difffit.io import read_structure
+from difffit.simulate import sigma_for, splat_atoms
+from difffit.structures import simulation_mask
+
+from conftest import data_file
+from test_fit import random_move
+
+DEMO = "difffit_domain_demo"
+PACRG = f"{DEMO}/I7MLV6_D3.pdb"
+DECOY = f"{DEMO}/I7LV70_D1.pdb"
+RES, CONTOUR = 4.0, 0.886
+
+
+@pytest.fixture(scope="module")
+def pacrg(shared_data):
+    return read_structure(data_file(shared_data, PACRG))
+
+
+def _heavy(s):
+    sel = simulation_mask(s) & (s.atomic_numbers > 1)
+    return s.coords[sel], s.atomic_numbers[sel].astype(np.float64)
+
+
+def test_kmeans_is_weighted_and_deterministic():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(200, 3))
+    b = rng.normal(size=(200, 3)) + 20
+    pts = np.concatenate([a, b])
+    w = np.concatenate([np.ones(200), np.full(200, 3.0)])
+    c1, l1 = gmm.kmeans(pts, 2, w, seed=3)
+    c2, l2 = gmm.kmeans(pts, 2, w, seed=3)
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(l1, l2)
+    far = int(np.argmax(c1[:, 0]))
+    np.testing.assert_allclose(c1[far], b.mean(0), atol=1e-9)  # weights equal within a group
+    with pytest.raises(DifffitInputError):
+        gmm.kmeans(pts, 0)
+
+
+def test_nearest_neighbour_rule_on_a_real_domain(pacrg):
+    """N from the rule gives centres spaced about the resolution apart; at the atoms' own
+    spacing (finer) one Gaussian per heavy atom."""
+    xyz, z = _heavy(pacrg)
+    mix = gmm.from_structure(pacrg, RES)
+    assert 0.8 * RES <= mix.mean_nn_distance() <= 1.25 * RES
+    assert 5 * len(mix) < len(xyz)
+    assert mix.info["n_rule"] == "nearest-neighbour"
+    assert mix.amplitudes.sum() == pytest.approx(z.sum())               # electrons conserved
+    np.testing.assert_allclose(mix.centroid, (xyz * z[:, None]).sum(0) / z.sum(), atol=1e-9)
+    assert gmm.choose_n(xyz, 1.0) == len(xyz)
+
+
+def test_one_gaussian_per_atom_is_molmap(pacrg):
+    """The reference density of a mixture with a Gaussian per atom at the molmap width is
+    the molmap kernel's simulated map (ops.splat) on the same grid."""
+    xyz, z = _heavy(pacrg)
+    xyz, z = xyz[:300], z[:300]
+    s = sigma_for(RES)
+    norm = (2 * math.pi) ** -1.5 * s ** -3
+    lo = xyz.min(0) - 6
+    shape = (24, 22, 26)
+    grid = splat_atoms(xyz, z, RES, lo, (1.5, 1.5, 1.5), shape, dtype=np.float64)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    pts = lo + np.stack([xx, yy, zz], -1).reshape(-1, 3) * 1.5
+    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+    ref = gmm.density(t(xyz), t(np.full(len(z), s)), t(z), t(pts)).numpy().reshape(shape)
+    # The kernel truncates at 5 sigma (a relative 4e-6 of the peak); amplitude z * norm.
+    np.testing.assert_allclose(grid, ref, atol=1e-5 * grid.max())
+    assert norm * z.max() > 0
+
+
+def test_coarsen_conserves_mass_centroid_and_spread(pacrg):
+    mix = gmm.from_structure(pacrg, RES)
+    levels = gmm.hierarchy(mix, (60, 15, 4))
+    assert [len(m) for m in levels] == [60, 15, 4]
+    for m in levels:
+        assert m.amplitudes.sum() == pytest.approx(mix.amplitudes.sum())
+        np.testing.assert_allclose(m.centroid, mix.centroid, atol=1e-8)
+    # Second moment about the centroid is conserved by moment matching.
+    def moment(m):
+        d = ((m.centres - m.centroid) ** 2).sum(1) + 3 * m.sigmas ** 2
+        return float((m.amplitudes * d).sum() / m.amplitudes.sum())
+    for m in levels:
+        assert moment(m) == pytest.approx(moment(mix), rel=1e-9)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".pdb"])
+def test_write_and_read_back(pacrg, tmp_path, suffix):
+    mix = gmm.from_structure(pacrg, 6.0)
+    path = gmm.write_mixture(mix, tmp_path / f"m{suffix}")
+    back = gmm.read_mixture(path)
+    tol = 1e-12 if suffix == ".json" else 2e-3
+    np.testing.assert_allclose(back.centres, mix.centres, atol=tol)
+    np.testing.assert_allclose(back.sigmas, mix.sigmas, rtol=tol if suffix == ".json" else 2e-3)
+    np.testing.assert_allclose(back.amplitudes, mix.amplitudes,
+                               atol=tol if suffix == ".json" else 0.01 * mix.amplitudes.max())
+    assert back.resolution == 6.0 and back.source == "structure"
+    with pytest.raises(FileExistsError):
+        gmm.write_mixture(mix, path)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(DifffitInputError, match="bad.json"):
+        gmm.read_mixture(tmp_path / "bad.json")
+
+
+@pytest.mark.slow
+def test_map_mixture_fits_the_map(shared_data):
+    """A real map (the DAQ region of EMD-2566): the Adam fit raises the k-means seed's
+    correlation with the map."""
+    dmap = read_map(data_file(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc"))
+    thr = float(dmap.data.mean() + dmap.data.std())
+    mix = from_map(dmap, 5.0, thr, iters=25)
+    assert mix.source == "map" and len(mix) >= 10
+    assert mix.info["correlation"] > mix.info["correlation_start"] + 0.05
+    assert mix.info["correlation"] > 0.6
+    assert mixture_correlation(mix, dmap, thr) == pytest.approx(mix.info["correlation"])
+    st = as_structure(mix)
+    assert st.n_fit_atoms == len(mix) and st.atomic_numbers.min() >= 2
+
+
+def test_coarse_search_ranks_the_pacrg_domain_above_the_decoy(shared_data, pacrg):
+    """The coarse search (a Gaussian per 20 backbone atoms) finds the PACRG domain's
+    density from random poses and scores it far above the demo's decoy."""
+    dmap = read_map(data_file(shared_data, f"{DEMO}/density2.mrc"))
+    decoy = read_structure(data_file(shared_data, DECOY))
+    moved = [s.transformed(*random_move(zlib.crc32(s.name.encode()) % 1000))
+             for s in (pacrg, decoy)]
+    hits = coarse_search(dmap, moved, RES, CONTOUR, FitParams(n_rotations=30, n_positions=6),
+                         n_iters=60)
+    assert hits[0].n_points < moved[0].n_fit_atoms / 10
+    assert hits[0].score > 0.3 and hits[0].score > hits[1].score + 0.15
+
+
+@pytest.mark.slow
+def test_first_pass_keeps_the_top_and_its_scores(shared_data, tmp_path):
+    """identify with the first pass: the same best candidate with the same score as the
+    plain run; the screened-out candidates rank after it, unscored."""
+    files = [data_file(shared_data, f) for f in
+             (PACRG, DECOY, "phage_emd4054_5lij/5lij.pdb", "daq_emd2566_3j6b/3J6B_9.pdb")]
+    quick = dict(n_rotations=16, n_positions=4, n_iters=60)
+    dmap = data_file(shared_data, f"{DEMO}/density2.mrc")
+    plain = identify(dmap, files, RES, CONTOUR, **quick)
+    fast = identify(dmap, files, RES, CONTOUR, first_pass=True, first_pass_top=1, **quick)
+    assert fast.candidates[0].name == plain.candidates[0].name == "I7MLV6_D3"
+    assert fast.candidates[0].score == pytest.approx(plain.candidates[0].score, abs=1e-12)
+    fp = fast.first_pass
+    assert fp["fitted"] + fp["screened_out"] == 4 and fp["screened_out"] >= 1
+    assert fp["best_screened_estimate"] + fp["gain_bound"] < fp["top_full_score"]
+    assert all(math.isnan(c.score) for c in fast.candidates[fp["fitted"]:])
+
+
+def test_cli_gmm(shared_data, tmp_path, capsys):
+    out = tmp_path / "pacrg.pdb"
+    assert main(["gmm", str(data_file(shared_data, PACRG)), "-r", "6", "-o", str(out),
+                 "--coarsen", "12"]) == 0
+    assert gmm.read_mixture(out).resolution == 6.0
+    assert len(gmm.read_mixture(tmp_path / "pacrg_12.pdb")) == 12
+    assert main(["gmm", str(data_file(shared_data, PACRG)), "-r", "6", "-o", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    mp = tmp_path / "daq.json"
+    assert main(["gmm", str(data_file(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc")),
+                 "-r", "6", "-o", str(mp), "--iterations", "5"]) == 0
+    assert gmm.read_mixture(mp).source == "map"
+    assert "correlation with the map" in capsys.readouterr().out
