@@ -20,7 +20,7 @@ import difffit.rotations
 from difffit import FitParams, reference
 from difffit.preprocess import build_pyramid
 from difffit.rotations import quat_to_matrix, random_rotations, rotation_angle_deg
-from difffit.starts import (distinct_best, focus_per_pose, focused_starts, perturb,
+from difffit.starts import (distinct_best, first_round, focus_per_pose, focused_starts, perturb,
                             scanned_starts, spread_positions, starts_per_structure)
 
 HB = "hemoglobin_emd3488_5ni1"
@@ -47,6 +47,9 @@ def test_defaults_are_1000_starts():
     assert starts_per_structure(FitParams(focus_top=0)) == 600
     assert starts_per_structure(FitParams(n_rotations=20, n_positions=5)) == 100 + 10 * 7
     assert starts_per_structure(FitParams(focus_starts=5, focus_top=2)) == 610
+    mol = torch.arange(2).repeat_interleave(1000)
+    first = first_round(mol, p)
+    assert first.sum() == 1200 and first[:600].all() and not first[600:1000].any()
 
 
 def test_spread_positions_lie_in_density_and_cover_it_better_than_random_draws(hb):

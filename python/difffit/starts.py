@@ -33,7 +33,7 @@ from .params import FitParams
 from .preprocess import Pyramid, envelope_positions
 from .rotations import quat_to_matrix, uniform_rotations
 
-__all__ = ["focus_per_pose", "starts_per_structure", "spread_positions", "scanned_starts", "focused_starts",
+__all__ = ["first_round", "focus_per_pose", "starts_per_structure", "spread_positions", "scanned_starts", "focused_starts",
            "perturb", "distinct_best"]
 
 # Positions are spread over at most this many mask voxels (a seeded sample; they only
@@ -58,6 +58,16 @@ def starts_per_structure(params: FitParams) -> int:
     if getattr(params, "local", False):
         return 1
     return params.n_positions * params.n_rotations + params.focus_top * focus_per_pose(params)
+
+
+def first_round(mol_idx: Tensor, params: FitParams) -> Tensor:
+    """[S] bool: the scanned (first-round) starts among a fit's starts, each structure's
+    starts being contiguous (scanned, then focused)."""
+    if getattr(params, "local", False):
+        return torch.ones_like(mol_idx, dtype=torch.bool)
+    per = starts_per_structure(params)
+    within = torch.arange(mol_idx.numel(), device=mol_idx.device) % per
+    return within < params.n_positions * params.n_rotations
 
 
 def spread_positions(pyr: Pyramid, n: int, seed: int) -> Tensor:
