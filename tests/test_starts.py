@@ -40,16 +40,16 @@ def hb(shared_data):
         data_file(shared_data, f"{HB}/5ni1_updated.cif")
 
 
-def test_defaults_are_1000_starts():
+def test_defaults_are_1200_starts():
     p = FitParams()
-    assert p.n_positions * p.n_rotations == 600 and focus_per_pose(p) == 40
-    assert starts_per_structure(p) == 1000
-    assert starts_per_structure(FitParams(focus_top=0)) == 600
-    assert starts_per_structure(FitParams(n_rotations=20, n_positions=5)) == 100 + 10 * 7
-    assert starts_per_structure(FitParams(focus_starts=5, focus_top=2)) == 610
-    mol = torch.arange(2).repeat_interleave(1000)
+    assert p.n_positions * p.n_rotations == 800 and focus_per_pose(p) == 40
+    assert starts_per_structure(p) == 1200
+    assert starts_per_structure(FitParams(focus_top=0)) == 800
+    assert starts_per_structure(FitParams(n_rotations=20, n_positions=5)) == 100 + 10 * 5
+    assert starts_per_structure(FitParams(focus_starts=5, focus_top=2)) == 810
+    mol = torch.arange(2).repeat_interleave(1200)
     first = first_round(mol, p)
-    assert first.sum() == 1200 and first[:600].all() and not first[600:1000].any()
+    assert first.sum() == 1600 and first[:800].all() and not first[800:1200].any()
 
 
 def test_spread_positions_lie_in_density_and_cover_it_better_than_random_draws(hb):

@@ -76,17 +76,18 @@ def _choice(obj, name: str, choices) -> None:
 
 @dataclass
 class FitParams:
-    """Every knob of a fit: 1000 starts (600 scanned, 400 focused) of 200 steps each."""
+    """Every knob of a fit: 1200 starts (800 scanned, 400 focused) of 200 steps each."""
 
     # Starts (difffit.starts, docs/method.md section 5): n_positions positions spread over
     # the density; at each, the n_rotations best of scan_rotations uniform rotations (scored
     # without descent); then focus_starts restarts around each of the focus_top best
     # distinct poses, perturbed by up to focus_angle degrees and focus_shift A.
     n_rotations: int = 2            # starts per position (the best scanned rotations)
-    n_positions: int = 300          # start positions per structure, spread over the density
+    n_positions: int = 400          # start positions per structure, spread over the density
     scan_rotations: int = 500       # rotations scored per position; <= n_rotations: no scan
+    scan_smooth: float = 2.0        # voxels: Gaussian on the search volume for the scan
     focus_top: int = 10             # best distinct poses restarted from; 0: no focus
-    focus_starts: int | None = None  # restarts per focused pose; None: 2/3 of the scanned
+    focus_starts: int | None = None  # restarts per focused pose; None: half the scanned
                                      # starts shared out (40 with the defaults)
     focus_angle: float = 20.0       # degrees
     focus_shift: float = 3.0        # Angstrom (sd per axis)
@@ -141,6 +142,7 @@ class FitParams:
         _number(self, "lr_trans", lo=0, lo_open=True, none_ok=True)
         _number(self, "negative", lo=0)
         _number(self, "focus_shift", lo=0)
+        _number(self, "scan_smooth", lo=0)
         _number(self, "focus_starts", integer=True, lo=0, none_ok=True)
         _number(self, "angle_tol", lo=0, hi=180, lo_open=True)
         _number(self, "min_inside_fraction", lo=0, hi=1)
@@ -311,7 +313,7 @@ class IdentifyParams:
     skip_bad: bool = False
     first_pass: bool = False
     first_pass_top: int = 10
-    first_pass_margin: float = 0.1
+    first_pass_margin: float = 0.2
     first_pass_atoms: float = 20.0
     first_pass_iters: int = 100
 

@@ -9,7 +9,8 @@ at all depends on the seed. Two cheap steps fix both:
 1. **Scan** (:func:`scanned_starts`): ``n_positions`` positions spread evenly over the
    contoured density (:func:`spread_positions`, so no region is left without a start), and at
    each position ``scan_rotations`` uniform rotations scored *without* optimisation on the
-   search volume using the trace atoms only (CA / P: a quarter of the backbone). The best
+   search volume smoothed by ``scan_smooth`` voxels (:func:`scan_volume`), with the trace
+   atoms only (CA / P: a quarter of the backbone). The best
    ``n_rotations`` of them start there. Scoring costs about 1/8 of the descent.
 2. **Focus** (:func:`focused_starts`): after the descent, the ``focus_top`` best distinct
    poses of each structure (3 A / 6 degrees apart, by search score) each get
@@ -26,6 +27,7 @@ import math
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor
 
 from . import ops
@@ -33,7 +35,7 @@ from .params import FitParams
 from .preprocess import Pyramid, envelope_positions
 from .rotations import quat_to_matrix, uniform_rotations
 
-__all__ = ["first_round", "focus_per_pose", "starts_per_structure", "spread_positions", "scanned_starts", "focused_starts",
+__all__ = ["first_round", "focus_per_pose", "starts_per_structure", "scan_volume", "spread_positions", "scanned_starts", "focused_starts",
            "perturb", "distinct_best"]
 
 # Positions are spread over at most this many mask voxels (a seeded sample; they only
@@ -45,12 +47,12 @@ _SCAN_CHUNK = 200_000
 
 
 def focus_per_pose(params: FitParams) -> int:
-    """Restarts per focused pose: ``focus_starts``, or by default 2/3 of the scanned starts
+    """Restarts per focused pose: ``focus_starts``, or by default half the scanned starts
     shared out over the ``focus_top`` poses (at least 1)."""
     if params.focus_starts is not None:
         return params.focus_starts
     scanned = params.n_positions * params.n_rotations
-    return max(1, round(scanned * 2 / 3 / max(1, params.focus_top)))
+    return max(1, round(scanned / 2 / max(1, params.focus_top)))
 
 
 def starts_per_structure(params: FitParams) -> int:
@@ -104,6 +106,18 @@ def spread_positions(pyr: Pyramid, n: int, seed: int) -> Tensor:
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[A, B] squared distances between rows of a [A, 3] and b [B, 3] (one matrix product)."""
     return (a * a).sum(1)[:, None] - 2.0 * a @ b.T + (b * b).sum(1)[None, :]
+
+
+def scan_volume(pyr: Pyramid, smooth: float, device) -> Tensor:
+    """[D, H, W, 1] the volume the scan scores: the summed search levels, smoothed by a
+    Gaussian of ``smooth`` voxels. An unoptimised pose a few degrees and Angstroms off
+    scores closer to the right one on a smoother map, so more right (position, rotation)
+    pairs survive the scan: on haemoglobin chains at 3.2 A, 2 voxels raised the first
+    round's starts reaching each copy from 4.0 to 5.9 on average (none missed)."""
+    vol = pyr.levels.sum(-1)
+    if smooth > 0:
+        vol = torch.from_numpy(ndimage.gaussian_filter(vol.numpy(), smooth, mode="nearest"))
+    return vol.unsqueeze(-1).to(device).contiguous()
 
 
 def scanned_starts(volume: Tensor, origin, voxel, scan_points: Tensor, scan_offsets: Tensor,

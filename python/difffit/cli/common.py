@@ -74,7 +74,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rotations", type=positive_int, default=None, metavar="N",
                    help="starts per position: the N best of the scanned rotations (default: 2)")
     p.add_argument("--positions", type=positive_int, default=None, metavar="N",
-                   help="start positions per structure, spread over the density (default: 300)")
+                   help="start positions per structure, spread over the density (default: 400)")
     p.add_argument("--scan-rotations", type=non_negative_int, default=None, metavar="N",
                    help="rotations scored at each position to choose the starts (default: "
                         "500; 0: no scan, N uniform rotations)")

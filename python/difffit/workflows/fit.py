@@ -45,7 +45,8 @@ from ..results import FitResult, Placement
 from ..rotations import quat_to_matrix
 from ..search import Batch, chunks, optimise, refine
 from .mapfit import MAP_SOURCE_OPTIONS, is_map_source, map_as_structure
-from ..starts import first_round, focus_per_pose, focused_starts, scanned_starts, spread_positions, starts_per_structure
+from ..starts import (first_round, focus_per_pose, focused_starts, scan_volume, scanned_starts,
+                      spread_positions, starts_per_structure)
 from ..structures import (Structure, alphafold_evidence, read_structure, simulation_mask,
                           trace_mask, with_min_plddt)
 
@@ -198,8 +199,9 @@ def _search(su: _Setup, progress: bool) -> _Searched:
     else:
         pos = spread_positions(restrict_starts(su.pyr, params), params.n_positions,
                                seed=params.seed)                              # [N, 3]
-        quat0, trans0, mol0 = scanned_starts(su.volume, su.origin, su.voxel,
-                                             *_scan_points(su), pos, params)  # [M*N*R, .]
+        vol = scan_volume(su.pyr, params.scan_smooth, su.device)
+        quat0, trans0, mol0 = scanned_starts(vol, su.origin, su.voxel, *_scan_points(su), pos,
+                                             params)                          # [M*N*R, .]
     bar = None
     if progress:
         from tqdm.auto import tqdm
