@@ -89,6 +89,7 @@ class FitParams:
     focus_top: int = 10             # best distinct poses restarted from; 0: no focus
     focus_starts: int | None = None  # restarts per focused pose; None: half the scanned
                                      # starts shared out (40 with the defaults)
+    focus_iters: int | None = None  # steps of the restarts; None: n_iters // 2
     focus_angle: float = 20.0       # degrees
     focus_shift: float = 3.0        # Angstrom (sd per axis)
     n_iters: int = 200              # Adam steps
@@ -144,6 +145,7 @@ class FitParams:
         _number(self, "focus_shift", lo=0)
         _number(self, "scan_smooth", lo=0)
         _number(self, "focus_starts", integer=True, lo=0, none_ok=True)
+        _number(self, "focus_iters", integer=True, lo=1, none_ok=True)
         _number(self, "angle_tol", lo=0, hi=180, lo_open=True)
         _number(self, "min_inside_fraction", lo=0, hi=1)
         _flag(self, "refine")

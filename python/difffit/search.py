@@ -54,22 +54,25 @@ class Adam:
 
 
 def optimise(volume: Tensor, origin, voxel, batch: Batch, quat0: Tensor, trans0: Tensor,
-              mol_idx: Tensor, params: FitParams, lr_trans: float, progress) -> dict[str, Tensor]:
-    """Adam on all starts; returns recorded quat [K,S,4], trans [K,S,3], score [K,S]."""
+              mol_idx: Tensor, params: FitParams, lr_trans: float, progress,
+              n_iters: int | None = None) -> dict[str, Tensor]:
+    """Adam on all starts for ``n_iters`` steps (default ``params.n_iters``); returns
+    recorded quat [K,S,4], trans [K,S,3], score [K,S]."""
+    n_iters = params.n_iters if n_iters is None else n_iters
     ones = torch.ones(1, dtype=volume.dtype, device=volume.device)
     q, t = quat0.clone(), trans0.clone()
     opt_q, opt_t = Adam(q, params.lr_quat), Adam(t, lr_trans)
     rec_q, rec_t, rec_s, rec_i = [], [], [], []
-    for it in range(params.n_iters + 1):
+    for it in range(n_iters + 1):
         score, gq, gt = ops.score_with_grad(volume, ones, origin, voxel, batch.points,
                                             batch.offsets, q, t, mol_idx, validate=False)
         # Record the pose together with the score computed at that very pose.
-        if it % params.record_every == 0 or it == params.n_iters:
+        if it % params.record_every == 0 or it == n_iters:
             rec_q.append(q.clone())
             rec_t.append(t.clone())
             rec_s.append(score)
             rec_i.append(it)
-        if it == params.n_iters:
+        if it == n_iters:
             break
         opt_q.step(gq.neg_())  # maximise the score
         opt_t.step(gt.neg_())

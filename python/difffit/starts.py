@@ -15,7 +15,8 @@ at all depends on the seed. Two cheap steps fix both:
 2. **Focus** (:func:`focused_starts`): after the descent, the ``focus_top`` best distinct
    poses of each structure (3 A / 6 degrees apart, by search score) each get
    ``focus_starts`` restarts, perturbed by up to ``focus_angle`` degrees and
-   ``focus_shift`` A, and descend again. A pose in a wide basin gathers most of its
+   ``focus_shift`` A, and descend again for ``focus_iters`` steps (default half the search's;
+   their later records repeat the last pose). A pose in a wide basin gathers most of its
    restarts back (its hits), one on a narrow spike gathers few: hits measure how robustly
    a pose is reached, not just whether one random start happened to fall near it.
 
@@ -35,7 +36,7 @@ from .params import FitParams
 from .preprocess import Pyramid, envelope_positions
 from .rotations import quat_to_matrix, uniform_rotations
 
-__all__ = ["first_round", "focus_per_pose", "starts_per_structure", "scan_volume", "spread_positions", "scanned_starts", "focused_starts",
+__all__ = ["first_round", "focus_iters", "focus_per_pose", "starts_per_structure", "scan_volume", "spread_positions", "scanned_starts", "focused_starts",
            "perturb", "distinct_best"]
 
 # Positions are spread over at most this many mask voxels (a seeded sample; they only
@@ -53,6 +54,15 @@ def focus_per_pose(params: FitParams) -> int:
         return params.focus_starts
     scanned = params.n_positions * params.n_rotations
     return max(1, round(scanned / 2 / max(1, params.focus_top)))
+
+
+def focus_iters(params: FitParams) -> int:
+    """Steps of the focused restarts: ``focus_iters``, or half the search's steps (they start
+    within 20 degrees / a few Angstroms of a converged pose: on haemoglobin chain A at
+    3.2 A, those that return reach their best within 30-70 steps, median 50)."""
+    if params.focus_iters is not None:
+        return min(params.focus_iters, params.n_iters)
+    return max(1, params.n_iters // 2)
 
 
 def starts_per_structure(params: FitParams) -> int:

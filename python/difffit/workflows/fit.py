@@ -45,7 +45,7 @@ from ..results import FitResult, Placement
 from ..rotations import quat_to_matrix
 from ..search import Batch, chunks, optimise, refine
 from .mapfit import MAP_SOURCE_OPTIONS, is_map_source, map_as_structure
-from ..starts import (first_round, focus_per_pose, focused_starts, scan_volume, scanned_starts,
+from ..starts import (first_round, focus_iters, focus_per_pose, focused_starts, scan_volume, scanned_starts,
                       spread_positions, starts_per_structure)
 from ..structures import (Structure, alphafold_evidence, read_structure, simulation_mask,
                           trace_mask, with_min_plddt)
@@ -169,20 +169,29 @@ def _scan_points(su: _Setup) -> tuple[Tensor, Tensor]:
 
 
 def _descend(su: _Setup, quat0: Tensor, trans0: Tensor, mol_idx: Tensor, lr_trans: float,
-             bar) -> dict[str, Tensor]:
-    """Adam on the given starts, in chunks that keep each batch under
+             bar, n_iters: int) -> dict[str, Tensor]:
+    """Adam on the given starts for ``n_iters`` steps, in chunks that keep each batch under
     max_points_per_batch atom samples; the recorded quat [K,S,4], trans [K,S,3], score [K,S]."""
     off = su.batch.offsets
     n_atoms = (off[1:] - off[:-1]).cpu()[mol_idx.cpu()]
     parts = chunks(n_atoms, su.params.max_points_per_batch)
     if bar is not None:  # one step per chunk and iteration; the focus descent adds its own
-        bar.total = (bar.total or 0) + su.params.n_iters * len(parts)
+        bar.total = (bar.total or 0) + n_iters * len(parts)
         bar.refresh()
     recs = [optimise(su.volume, su.origin, su.voxel, su.batch, quat0[a:b], trans0[a:b],
-                     mol_idx[a:b], su.params, lr_trans, bar) for a, b in parts]
+                     mol_idx[a:b], su.params, lr_trans, bar, n_iters) for a, b in parts]
     rec = {k: torch.cat([r[k] for r in recs], 1) for k in ("quat", "trans", "score")}
     rec["iteration"] = recs[0]["iteration"]
     return rec
+
+
+def _held(rec: dict[str, Tensor], n_records: int) -> dict[str, Tensor]:
+    """A shorter descent's records extended to ``n_records`` by repeating its last one (the
+    start stopped there; argmax takes the first of equal scores, so a start's best record
+    keeps its true iteration)."""
+    k = rec["score"].shape[0]
+    idx = torch.arange(n_records, device=rec["score"].device).clamp_max(k - 1)
+    return {key: rec[key].index_select(0, idx) for key in ("quat", "trans", "score")}
 
 
 def _search(su: _Setup, progress: bool) -> _Searched:
@@ -206,13 +215,14 @@ def _search(su: _Setup, progress: bool) -> _Searched:
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=0, desc="fitting", unit="step")
-    rec = _descend(su, quat0, trans0, mol0, lr_trans, bar)
+    rec = _descend(su, quat0, trans0, mol0, lr_trans, bar, params.n_iters)
     if focus:
         ar = torch.arange(mol0.numel(), device=mol0.device)
         best = rec["score"].argmax(0)
         q2, t2, mol2 = focused_starts(rec["quat"][best, ar], rec["trans"][best, ar],
                                       rec["score"][best, ar], mol0, M, params)
-        rec2 = _descend(su, q2, t2, mol2, lr_trans, bar)
+        rec2 = _held(_descend(su, q2, t2, mol2, lr_trans, bar, focus_iters(params)),
+                     rec["score"].shape[0])
         order = torch.argsort(torch.cat([mol0, mol2]).cpu(), stable=True).to(mol0.device)
         rec = {k: torch.cat([rec[k], rec2[k]], 1).index_select(1, order)
                for k in ("quat", "trans", "score")} | {"iteration": rec["iteration"]}
