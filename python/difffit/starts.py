@@ -29,6 +29,7 @@ import math
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 from . import ops
@@ -104,18 +105,13 @@ def spread_positions(pyr: Pyramid, n: int, seed: int) -> Tensor:
         d2 = np.minimum(d2, ((xyz - xyz[picked[-1]]) ** 2).sum(1))
     centres = xyz[picked]
     for _ in range(_LLOYD_STEPS):
-        near = _sq_distances(xyz, centres).argmin(1)                             # [V]
+        near = cKDTree(centres).query(xyz)[1]                                    # [V]
         counts = np.bincount(near, minlength=n)
         sums = np.stack([np.bincount(near, xyz[:, k], minlength=n) for k in range(3)], 1)
         filled = counts > 0
         centres[filled] = sums[filled] / counts[filled, None]
-    nearest = _sq_distances(centres, xyz).argmin(1)                              # [n]
+    nearest = cKDTree(xyz).query(centres)[1]                                     # [n]
     return torch.from_numpy(np.ascontiguousarray(xyz[nearest]))
-
-
-def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[A, B] squared distances between rows of a [A, 3] and b [B, 3] (one matrix product)."""
-    return (a * a).sum(1)[:, None] - 2.0 * a @ b.T + (b * b).sum(1)[None, :]
 
 
 def scan_volume(pyr: Pyramid, smooth: float, device) -> Tensor:
