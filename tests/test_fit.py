@@ -131,6 +131,23 @@ def test_same_seed_same_result_and_chunking_does_not_change_it(shared_data):
     assert a.trajectory["quat"].shape == (5, 48 + 20, 4)
 
 
+def test_a_structures_result_does_not_depend_on_its_batch_mates(shared_data):
+    """Identify fits candidates in batches (and checkpoints or distributes them): a
+    structure's starts, restarts and placements must not depend on what it is fitted with."""
+    dmap = read_map(data_file(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc"))
+    model = read_structure(data_file(shared_data, "daq_emd2566_3j6b/3J6B_9.pdb"))
+    R0, t0 = random_move(4)
+    other = model.transformed(R0, t0)
+    kw = dict(n_rotations=4, n_positions=10, n_iters=40, refine_top=3, check=False)
+    alone = fit(dmap, [model], 5.0, **kw)
+    batch = fit(dmap, [other, model], 5.0, **kw)
+    a, b = alone.for_structure(0), batch.for_structure(1)
+    assert [p.hits for p in a] == [p.hits for p in b]
+    for p, q in zip(a, b):
+        np.testing.assert_array_equal(p.rotation, q.rotation)
+        np.testing.assert_array_equal(p.translation, q.translation)
+
+
 def test_result_does_not_depend_on_the_thread_count(shared_data):
     """Each placement is computed by one thread, whatever the thread count, so results
     are bitwise reproducible on 1 or 2 threads (benchmarks script fits and compare)."""

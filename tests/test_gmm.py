@@ -158,7 +158,9 @@ def test_first_pass_keeps_the_top_and_its_scores(shared_data, tmp_path):
     plain = identify(dmap, files, RES, CONTOUR, **quick)
     fast = identify(dmap, files, RES, CONTOUR, first_pass=True, first_pass_top=1, **quick)
     assert fast.candidates[0].name == plain.candidates[0].name == "I7MLV6_D3"
-    assert fast.candidates[0].score == pytest.approx(plain.candidates[0].score, abs=1e-12)
+    # The same fit, but in another batch: up to 3e-4 apart with the current search
+    # (benchmarks/bench_identify.py), which is why exact ties can reorder.
+    assert fast.candidates[0].score == pytest.approx(plain.candidates[0].score, abs=1e-3)
     fp = fast.first_pass
     assert fp["fitted"] + fp["screened_out"] == 4 and fp["screened_out"] >= 1
     assert fp["best_screened_estimate"] + fp["gain_bound"] < fp["top_full_score"]

@@ -130,6 +130,21 @@ def test_focused_restarts_surround_each_structures_best_poses():
     assert float(ang.max()) <= 10.0 + 1e-3
 
 
+def test_a_structures_restarts_do_not_depend_on_its_batch_mates():
+    g = torch.Generator().manual_seed(2)
+    q = random_rotations(30, generator=g).float()
+    t = 20 * torch.randn(30, 3, generator=g)
+    score = torch.rand(30, generator=g)
+    params = FitParams(focus_top=2, focus_starts=3)
+    alone = focused_starts(q[:10], t[:10], score[:10], torch.zeros(10, dtype=torch.int64), 1,
+                           params)
+    mol = torch.arange(3).repeat_interleave(10)
+    batch = focused_starts(q[[*range(10, 20), *range(10), *range(20, 30)]],
+                           t[[*range(10, 20), *range(10), *range(20, 30)]],
+                           score[[*range(10, 20), *range(10), *range(20, 30)]], mol, 3, params)
+    assert torch.equal(batch[0][6:12], alone[0]) and torch.equal(batch[1][6:12], alone[1])
+
+
 def _copy_ranks(result, moved_from, copies, centroid):
     """(rank, hits) of each deposited copy among the placements (3 A / 6 degrees)."""
     R0, t0 = moved_from

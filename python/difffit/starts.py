@@ -238,9 +238,12 @@ def focused_starts(q_best: Tensor, t_best: Tensor, score: Tensor, mol_idx: Tenso
     q64 = q64 / q64.norm(dim=1, keepdim=True)
     R = quat_to_matrix(q64)
     s, mol = score.double().cpu(), mol_idx.cpu()
-    gen = torch.Generator().manual_seed(int(params.seed) + 7919)
     quats, trans = [], []
     for m in range(M):
+        # The same perturbations for every structure (a generator per structure, seeded
+        # by the fit's seed alone), so a structure's restarts do not depend on its batch
+        # mates: identify's batches, checkpoints and Dask workers rank alike.
+        gen = torch.Generator().manual_seed(int(params.seed) + 7919)
         sel = torch.nonzero(mol == m).flatten()
         kept = distinct_best(t64[sel], R[sel], s[sel], K, params.shift_tol, params.angle_tol)
         if not kept:  # no finite score at all: restart from the scanned starts' poses
