@@ -18,7 +18,8 @@ from difffit.errors import DifffitInputError
 from difffit.metrics import chimerax_metrics
 from difffit.simulate import molmap, molmap_envelope, zero_out
 from difffit.simulators import get_simulator
-from difffit.simulators.learned import LearnedSimulator, load_checkpoint, save_checkpoint
+from difffit.simulators.learned import (LearnedSimulator, load_checkpoint, molmap_input,
+                                       save_checkpoint)
 from difffit.simulators.scores import map_scores
 from difffit.simulators.training import read_pairs
 from difffit.simulators.unet import Discriminator3d, NestedUNet3d, infer_cubes, infer_whole
@@ -49,7 +50,7 @@ def trained(shared_data, tmp_path_factory):
         rows.append(f"{data_file(shared_data, m)},{data_file(shared_data, s)},{r},{vox},{split}")
     csv.write_text("\n".join(rows) + "\n")
     argv = ["train-simulator", str(csv), "-o", str(out), "--epochs", "2", "--steps", "4",
-            "--batch", "4", "--min-correlation", "0.0"]
+            "--batch", "4", "--min-correlation", "0.0", "--base", "input"]
     status = main(argv)
     return {"dir": out, "status": status, "ckpt": out / "best.pt", "csv": csv, "argv": argv}
 
@@ -143,6 +144,33 @@ def test_network_shapes_and_identity_start():
     assert d(torch.rand(3, 1, 16, 16, 16)).shape == (3,)
 
 
+def test_untrained_residual_generator_reproduces_its_input_exactly(tmp_path, daq):
+    """The residual generator starts as its base: exactly the molmap input (no blur), and
+    with a fitted base factor a molmap at that factor x the resolution; checkpoints from
+    before the residual fields load as the plain residual (no blur)."""
+    torch.manual_seed(0)
+    g = NestedUNet3d((4, 8, 16)).eval()
+    x = torch.rand(2, 1, 16, 24, 20)
+    with torch.no_grad():
+        assert torch.equal(g(x), x)
+        assert torch.equal(NestedUNet3d((4, 8, 16), residual=False)(x), torch.zeros_like(x))
+    v = torch.rand(40, 36, 28)
+    assert torch.equal(infer_cubes(g, v, cube=32, margin=8), v)
+    # An old checkpoint (no residual / base_factor in its config) loads as the identity.
+    path = save_checkpoint(tmp_path / "old.pt", g, {"channels": [4, 8, 16]})
+    sim = LearnedSimulator.load(path)
+    assert sim.generator.residual and sim.config["base_factor"] == 0.0
+    m, s = daq["map"], daq["model"]
+    inp = molmap_input(s.coords, s.atomic_numbers, m.origin, m.voxel_size, m.data.shape)
+    assert np.array_equal(sim.normalised(inp, m.voxel_size, 5.0), inp)
+    # With a base factor of 1 the untrained generator is about a molmap at the resolution
+    # (not exactly: the 2 A molmap is under-sampled on 1.34 A voxels before the blur).
+    blurred = LearnedSimulator(g, {"channels": [4, 8, 16], "base_factor": 1.0})
+    out = blurred.normalised(inp, m.voxel_size, 5.0)
+    ref = get_simulator().simulate(s, 5.0, like=m).data
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.98
+
+
 def _scrambled(seed=0) -> NestedUNet3d:
     torch.manual_seed(seed)
     g = NestedUNet3d((4, 8, 16))
@@ -206,7 +234,9 @@ def test_train_simulator_reduces_validation_loss(trained):
     doc = load_checkpoint(trained["dir"] / "last.pt")
     h = doc["history"]
     assert [e["epoch"] for e in h] == [0, 1, 2]
-    # Epoch 0 is the molmap input itself; a few steps already beat it on the held-out pair.
+    # Epoch 0 is the molmap input itself (--base input: no fitted blur); a few steps already
+    # beat it on the held-out pair.
+    assert doc["config"]["base_factor"] == 0.0
     assert min(e["val_loss"] for e in h[1:]) < 0.99 * h[0]["val_loss"]
     report = (trained["dir"] / "report.html").read_text()
     assert "Validation curve" in report and "<svg" in report

@@ -44,6 +44,11 @@ def register(sub) -> None:
     p.add_argument("--max-identity", type=float, default=0.30, metavar="F",
                    help="drop a pair with a chain more than F identical to one of a pair kept "
                         "before it (default: 0.30)")
+    p.add_argument("--base", choices=("fit", "input"), default="fit",
+                   help="what the residual generator adds its correction to: 'fit' (default) "
+                        "a blur of the 2 A molmap input to a molmap at a factor of each map's "
+                        "resolution, the factor fitted to the training pairs; 'input' the "
+                        "input itself (the untrained generator is the molmap at 2 A)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
     p.add_argument("--force", action="store_true", help="start afresh over DIR's checkpoints")
@@ -114,11 +119,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = {"channels": channels, "cube": args.cube}
     history = train(trn, val, out, epochs=args.epochs, steps=args.steps, batch=args.batch,
                     lr=args.lr, adv_weight=args.adv_weight, config=config, seed=args.seed,
-                    resume=args.resume, progress=True,
+                    resume=args.resume, progress=True, fit_base=args.base == "fit", log=print,
                     extra={"command": command_line(argv), "pairs": str(args.pairs)})
     training_report(out / "report.html", history, curation, command_line(argv))
     best = min(history, key=lambda h: h["val_loss"])
-    print(f"validation loss {history[0]['val_loss']:.5f} (the molmap input) -> "
+    print(f"validation loss {history[0]['val_loss']:.5f} (the untrained residual base) -> "
           f"{best['val_loss']:.5f} (epoch {best['epoch']}); checkpoint {out / 'best.pt'}, "
           f"report {out / 'report.html'}")
     return 0

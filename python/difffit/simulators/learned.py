@@ -10,6 +10,7 @@ simulator subtracts what is left of a solvent level in its output and clips at 0
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +19,7 @@ import torch
 
 from ..errors import DifffitInputError
 from ..files import atomic_write
-from ..simulate import splat_atoms
+from ..simulate import SIGMA_FACTOR, splat_atoms
 from .base import Simulator
 from .unet import Discriminator3d, NestedUNet3d, infer_cubes, infer_whole
 
@@ -26,7 +27,13 @@ FORMAT = "difffit-simulator-checkpoint"
 VERSION = 1
 DEFAULT_CONFIG = {"channels": [4, 8, 16], "disc_channels": [8, 16, 32], "cube": 16,
                   "input_resolution": 2.0, "infer_cube": 48, "infer_margin": 8,
-                  "voxel_size": 1.0}
+                  "voxel_size": 1.0, "residual": True, "base_factor": 0.0, "target_scale": 1.0}
+# residual: the generator adds its output to its input blurred to a molmap at
+# base_factor x the requested resolution (a factor fitted to the training maps; 0, or a
+# resolution at or below the input's: the input itself, so that an untrained generator
+# returns the molmap); target_scale: the least-squares factor from the
+# blurred input to the training targets, which were divided by it (recorded, not applied:
+# every consumer is scale-free). Older checkpoints lack them and load with these defaults.
 
 
 def minmax(a):
@@ -85,7 +92,18 @@ def load_checkpoint(path) -> dict:
 
 
 def build_generator(config: dict) -> NestedUNet3d:
-    return NestedUNet3d(config.get("channels", DEFAULT_CONFIG["channels"]))
+    c = {**DEFAULT_CONFIG, **config}
+    return NestedUNet3d(c["channels"], residual=bool(c["residual"]))
+
+
+def base_sigma(config: dict, resolution: float | None, voxel_size: float) -> float:
+    """The base blur (voxels) that takes the molmap input (at ``input_resolution``) to a
+    molmap at ``base_factor`` x ``resolution``; 0 when that is not coarser."""
+    c = {**DEFAULT_CONFIG, **config}
+    if not resolution or float(c["base_factor"]) <= 0:
+        return 0.0
+    r, r0 = float(c["base_factor"]) * float(resolution), float(c["input_resolution"])
+    return SIGMA_FACTOR * math.sqrt(r * r - r0 * r0) / float(voxel_size) if r > r0 else 0.0
 
 
 def build_discriminator(config: dict) -> Discriminator3d:
@@ -93,8 +111,9 @@ def build_discriminator(config: dict) -> Discriminator3d:
 
 
 class LearnedSimulator(Simulator):
-    """A trained generator applied to molmap-at-2-A inputs (the resolution argument does
-    not change the output: the network learned the blur of its training maps)."""
+    """A trained generator applied to molmap-at-2-A inputs; the resolution sets only the
+    residual's base blur (a molmap at the checkpoint's ``base_factor`` x resolution; none
+    when the factor is 0, as in checkpoints from before the factor)."""
 
     name = "learned"
 
@@ -125,7 +144,8 @@ class LearnedSimulator(Simulator):
         return {"simulator": self.name, "checkpoint": self.checkpoint,
                 "checkpoint_sha256": self.sha256,
                 "input_resolution": self.config["input_resolution"],
-                "channels": list(self.config["channels"])}
+                "channels": list(self.config["channels"]),
+                "base_factor": float(self.config["base_factor"])}
 
     def spacing(self, resolution: float, voxel_size: float | None = None) -> float:
         """The target's voxel size, else the training maps' median voxel size."""
@@ -139,8 +159,12 @@ class LearnedSimulator(Simulator):
             self._solvent = float(infer_whole(self.generator, zero)[c // 2, c // 2, c // 2])
         return self._solvent
 
-    def normalised(self, x: np.ndarray) -> np.ndarray:
-        """[nz, ny, nx] generator output (min-max normalised scale) for an input [nz, ny, nx]."""
+    def normalised(self, x: np.ndarray, voxel_size=None, resolution=None) -> np.ndarray:
+        """[nz, ny, nx] generator output (min-max normalised scale) for an input [nz, ny, nx]
+        on a grid of ``voxel_size`` A (default: the training maps'), for a map of
+        ``resolution`` A (sets the residual's base blur; None: no blur)."""
+        vs = float(np.mean(voxel_size)) if voxel_size is not None else float(self.config["voxel_size"])
+        self.generator.base_sigma = base_sigma(self.config, resolution, vs)
         v = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
         if self.whole:
             y = infer_whole(self.generator, v, int(self.config["infer_margin"]))
@@ -154,7 +178,7 @@ class LearnedSimulator(Simulator):
                     shape_zyx: Sequence[int]) -> np.ndarray:
         x = molmap_input(coords, atomic_numbers, origin, voxel_size, shape_zyx,
                          float(self.config["input_resolution"]))
-        y = self.normalised(x)
+        y = self.normalised(x, voxel_size, resolution)
         # The solvent level: the output's median away from the atoms (a molmap at 8 A under
         # 1 % of its peak: about 5 A from any atom), else the net's output for an empty
         # input. A floor left under the whole box would swell the 95 % envelope and every

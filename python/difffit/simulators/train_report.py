@@ -24,7 +24,8 @@ def training_report(path, history: list[dict], curation: dict, command: str | No
         r["reason dropped"] = why.get(r["name"], "")
     sections = [
         ("Validation curve", line_plot(curves, title="SmoothL1 loss per epoch (epoch 0: the "
-                                       "untrained network, i.e. the molmap input)",
+                                       "untrained network, i.e. the residual base: the "
+                                       "molmap input, blurred by the fitted base factor)",
                                        xlabel="epoch", ylabel="loss")),
         ("Pairs and curation", table(rows, cols + ["reason dropped"],
                                      caption="correlation: molmap at the map's resolution vs "

@@ -24,8 +24,10 @@ from ..errors import DifffitInputError
 from ..maps import read_map
 from ..simulate import splat_atoms
 from ..structures import read_structure, simulation_mask
-from .learned import (DEFAULT_CONFIG, build_discriminator, build_generator, load_checkpoint,
-                      molmap_input, save_checkpoint)
+from ..simulate import enclosing_level
+from .learned import (DEFAULT_CONFIG, base_sigma, build_discriminator, build_generator,
+                      load_checkpoint, molmap_input, save_checkpoint)
+from .unet import gaussian_blur
 from .scores import map_scores
 
 MIN_CORRELATION = 0.65   # struc2mapGAN's curation: simulated vs experimental correlation
@@ -214,12 +216,14 @@ def _crop(a: np.ndarray, corner: np.ndarray, cube: int, fill: float) -> np.ndarr
 
 
 def sample_cubes(data: Sequence[PairData], n: int, cube: int, rng: np.random.Generator,
-                 on_atoms: float = 0.75) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 on_atoms: float = 0.75, bases: Sequence[np.ndarray] | None = None):
     """n cubes (x, y, mask) [n, cube, cube, cube] float32: a random pair each, centred on a
-    random atom (fraction ``on_atoms``) or anywhere in the box; mask 0 beyond the box."""
-    xs, ys, ms = [], [], []
+    random atom (fraction ``on_atoms``) or anywhere in the box; mask 0 beyond the box. With
+    ``bases`` (one map per pair: the residual's base), a fourth array of their cubes."""
+    xs, ys, ms, bs = [], [], [], []
     for _ in range(n):
-        d = data[rng.integers(len(data))]
+        k = rng.integers(len(data))
+        d = data[k]
         shape = np.array(d.x.shape)
         if len(d.atom_voxels) and rng.random() < on_atoms:
             centre = d.atom_voxels[rng.integers(len(d.atom_voxels))]
@@ -229,7 +233,50 @@ def sample_cubes(data: Sequence[PairData], n: int, cube: int, rng: np.random.Gen
         xs.append(_crop(d.x, corner, cube, 0.0))
         ys.append(_crop(d.y, corner, cube, 0.0))
         ms.append(_crop(np.ones(d.x.shape, np.float32), corner, cube, 0.0))
-    return np.stack(xs), np.stack(ys), np.stack(ms)
+        if bases is not None:
+            bs.append(_crop(bases[k], corner, cube, 0.0))
+    out = (np.stack(xs), np.stack(ys), np.stack(ms))
+    return out + (np.stack(bs),) if bases is not None else out
+
+
+def _envelope_correlation(sim: np.ndarray, exp: np.ndarray) -> float:
+    """ChimeraX-style correlation (about zero) over ``sim``'s 95 % envelope."""
+    keep = sim >= enclosing_level(sim) if sim.max() > 0 else np.ones(sim.shape, dtype=bool)
+    a, b = sim[keep].astype(np.float64), exp[keep].astype(np.float64)
+    return float(a @ b / max(np.sqrt((a @ a) * (b @ b)), 1e-30))
+
+
+def pair_base(d: PairData, config: dict, factor: float | None = None) -> np.ndarray:
+    """The residual's base for a pair: its input blurred to a molmap at ``factor`` (default
+    the config's ``base_factor``) x the pair's resolution."""
+    c = dict(config) if factor is None else {**config, "base_factor": factor}
+    sig = base_sigma(c, d.pair.resolution, d.checks.get("voxel_size", 1.0))
+    if sig <= 0:
+        return d.x
+    with torch.no_grad():
+        return gaussian_blur(torch.from_numpy(d.x)[None, None], sig)[0, 0].numpy()
+
+
+BASE_FACTORS = (0.0, 0.8, 1.0, 1.2, 1.4)
+
+
+def fit_base_factor(data: Sequence[PairData], config: dict,
+                    factors: Sequence[float] = BASE_FACTORS) -> tuple[float, float, dict]:
+    """The residual's base, fitted to the training pairs only: the factor (of each map's
+    resolution) whose blurred input has the best mean ChimeraX-style correlation with the
+    targets (0: the 2 A input itself), and the least-squares scale from that base to the
+    targets over all their voxels. Returns (factor, scale, {factor: mean correlation})."""
+    scores = {}
+    for f in factors:
+        scores[float(f)] = float(np.mean([_envelope_correlation(pair_base(d, config, f), d.y)
+                                          for d in data]))
+    best = max(scores, key=scores.get)
+    num = den = 0.0
+    for d in data:
+        b = pair_base(d, config, best).astype(np.float64)
+        num += float((b * d.y).sum())
+        den += float((b * b).sum())
+    return best, (num / den if den > 0 else 1.0), scores
 
 
 def _blur_axes(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
@@ -249,19 +296,23 @@ def _blur_axes(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
     return x
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, rng: np.random.Generator):
-    """The same random flips and axis order for x, y, mask [B, 1, D, H, W]; then, on the
-    input only, random anisotropic blur and Gaussian noise (the paper's augmentations)."""
+def augment(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, rng: np.random.Generator,
+            b: torch.Tensor | None = None):
+    """The same random flips and axis order for x, y, mask [B, 1, D, H, W] (and the
+    residual's base ``b``, returned fourth when given); then, on the input only, random
+    anisotropic blur and Gaussian noise (the paper's augmentations)."""
     perm = [2 + int(a) for a in rng.permutation(3)]
     flips = [2 + a for a in range(3) if rng.random() < 0.5]
-    x, y, m = (t.permute(0, 1, *perm) for t in (x, y, m))
+    ts = [t.permute(0, 1, *perm) for t in ((x, y, m) if b is None else (x, y, m, b))]
     if flips:
-        x, y, m = (t.flip(flips) for t in (x, y, m))
+        ts = [t.flip(flips) for t in ts]
+    x, y, m = ts[:3]
+    rest = tuple(t.contiguous() for t in ts[3:])
     if rng.random() < 0.5:
         x = _blur_axes(x, rng.uniform(0.0, 1.0, 3).tolist())
     if rng.random() < 0.5:
         x = x + float(rng.uniform(0.0, 0.03)) * torch.randn_like(x)
-    return x.contiguous(), y.contiguous(), m.contiguous()
+    return (x.contiguous(), y.contiguous(), m.contiguous()) + rest
 
 
 def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
@@ -271,11 +322,13 @@ def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 
 
 def validation_loss(gen, cubes) -> float:
-    """Mean masked SmoothL1 of the generator over fixed validation cubes (x, y, mask)."""
-    x, y, m = (torch.from_numpy(a[:, None]) for a in cubes)
+    """Mean masked SmoothL1 of the generator over fixed validation cubes (x, y, mask and,
+    optionally, the residual's base)."""
+    x, y, m, *b = (torch.from_numpy(a[:, None]) for a in cubes)
     gen.eval()
     with torch.no_grad():
-        total = sum(float(masked_smooth_l1(gen(x[k:k + 8]), y[k:k + 8], m[k:k + 8])) *
+        total = sum(float(masked_smooth_l1(gen(x[k:k + 8], b[0][k:k + 8] if b else None),
+                                           y[k:k + 8], m[k:k + 8])) *
                     float(m[k:k + 8].sum()) for k in range(0, len(x), 8))
     gen.train()
     return total / max(float(m.sum()), 1.0)
@@ -284,17 +337,24 @@ def validation_loss(gen, cubes) -> float:
 def train(train_data: Sequence[PairData], val_data: Sequence[PairData], outdir, *,
           epochs: int = 20, steps: int = 20, batch: int = 4, lr: float = 1e-3,
           adv_weight: float = 0.01, config: dict | None = None, seed: int = 0,
-          resume: bool = False, progress: bool = False,
+          resume: bool = False, progress: bool = False, fit_base: bool = True,
           extra: dict | None = None, log: Callable[[str], None] | None = None) -> list[dict]:
     """Train the generator (SmoothL1 + ``adv_weight`` x adversarial) and the discriminator.
+
+    First (``fit_base``) the residual's base is fitted to the training pairs
+    (:func:`fit_base_factor`: a blur of the input to a molmap at a factor of each map's
+    resolution, and the least-squares scale, which divides the targets so that they sit in
+    the base's range); the untrained generator is that base exactly, and training learns
+    corrections to it.
 
     Every epoch writes ``outdir/last.pt`` (everything needed to resume) and, when the
     validation loss improves, ``outdir/best.pt`` (the checkpoint to simulate with). The rng
     of epoch k is seeded with ``seed + k``, so a resumed run takes the same steps.
 
     Returns:
-        The history: one dict per epoch (epoch 0: the untrained network, i.e. the molmap
-        input itself), with ``train_loss``, ``val_loss`` and ``seconds``.
+        The history: one dict per epoch (epoch 0: the untrained network, i.e. the base
+        itself, which ``best.pt`` holds until an epoch beats it), with ``train_loss``,
+        ``val_loss`` and ``seconds``.
     """
     if not train_data:
         raise DifffitInputError("no training pairs left after curation; see the dropped "
@@ -303,6 +363,14 @@ def train(train_data: Sequence[PairData], val_data: Sequence[PairData], outdir, 
     config = {**DEFAULT_CONFIG, **(config or {})}
     # The voxel size the simulator uses on a box of its own (no target grid).
     config["voxel_size"] = float(np.median([d.checks["voxel_size"] for d in train_data]))
+    if fit_base and not (resume and (out / "last.pt").is_file()):
+        factor, scale, fit_scores = fit_base_factor(train_data, config)
+        config.update(base_factor=factor, target_scale=scale)
+        if log:
+            log("residual base: molmap at " + (f"{factor:g} x the resolution" if factor else
+                "2 A (the input)") + f", targets / {scale:.4f} (mean correlation of each "
+                "factor with the training targets: " +
+                ", ".join(f"{f:g}: {c:.3f}" for f, c in fit_scores.items()) + ")")
     cube = int(config["cube"])
     gen, disc = build_generator(config), build_discriminator(config)
     if cube % gen.multiple:
@@ -321,14 +389,21 @@ def train(train_data: Sequence[PairData], val_data: Sequence[PairData], outdir, 
         opt_g.load_state_dict(doc["opt_g"])
         opt_d.load_state_dict(doc["opt_d"])
         history, start = list(doc["history"]), int(doc["epoch"]) + 1
-    val = sample_cubes(val_data or train_data, 8 * max(1, len(val_data or train_data)), cube,
-                       np.random.default_rng(10_000 + seed))
+    scale = float(config.get("target_scale", 1.0)) or 1.0
+    bases = [pair_base(d, config) for d in train_data]
+    vdata = val_data or train_data
+    val = sample_cubes(vdata, 8 * max(1, len(vdata)), cube, np.random.default_rng(10_000 + seed),
+                       bases=[pair_base(d, config) for d in vdata])
+    val = (val[0], val[1] / scale, val[2], val[3])
     best = min((h["val_loss"] for h in history), default=math.inf)
     if not history:
         history.append({"epoch": 0, "train_loss": None, "val_loss": validation_loss(gen, val),
                         "seconds": 0.0})
+        best = history[0]["val_loss"]
+        save_checkpoint(out / "best.pt", gen, config=config, epoch=0, history=history,
+                        extra=extra)
         if log:
-            log(f"epoch 0 (the molmap input): validation loss {history[0]['val_loss']:.5f}")
+            log(f"epoch 0 (the base, untrained): validation loss {history[0]['val_loss']:.5f}")
     bar = None
     if progress and start <= epochs:
         from tqdm.auto import tqdm
@@ -341,9 +416,10 @@ def train(train_data: Sequence[PairData], val_data: Sequence[PairData], outdir, 
         losses = []
         gen.train()
         for _ in range(steps):
-            x, y, m = (torch.from_numpy(a[:, None]) for a in sample_cubes(train_data, batch, cube, rng))
-            x, y, m = augment(x, y, m, rng)
-            fake = gen(x)
+            x, y, m, b = (torch.from_numpy(a[:, None])
+                          for a in sample_cubes(train_data, batch, cube, rng, bases=bases))
+            x, y, m, b = augment(x, y / scale, m, rng, b)
+            fake = gen(x, b)
             if adv_weight > 0:
                 opt_d.zero_grad()
                 ones, zeros = torch.ones(len(x)), torch.zeros(len(x))

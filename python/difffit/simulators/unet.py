@@ -4,13 +4,19 @@ generator and a 3D convolutional discriminator.
 Generator: encoder blocks X[i, 0] (two 3x3x3 convolutions, max-pooling by 2 between depths),
 decoder nodes X[i, j] fed by every earlier node of their depth (dense skips) and the
 trilinear up-sampling (factor 2) of X[i + 1, j - 1]; a 1x1x1 head on X[0, L - 1]. The head
-adds to the input (a residual): an untrained network returns its input, a molmap, so
-training starts from the molmap and learns what experiment adds. No normalisation layers:
+adds to a base (a residual): the input itself, or the input blurred by a Gaussian of
+``base_sigma`` voxels (set per map from its resolution and the blur factor fitted to the
+training maps, see :func:`difffit.simulators.training.fit_base_factor`), or a ``base``
+given to :meth:`forward` (training passes each cube's own, made on the clean input). The head starts at zero, so an untrained
+network returns its base exactly (its input, a molmap, when ``base_sigma`` is 0) and
+training learns only corrections. ``residual=False`` drops the base (the plain U-Net++ of
+the paper, for converted weights). No normalisation layers:
 the output at a voxel then depends only on its neighbourhood, which is what lets whole maps
 be put together from overlapping cubes.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -27,9 +33,12 @@ class NestedUNet3d(nn.Module):
     """U-Net++ on [B, 1, D, H, W] -> [B, 1, D, H, W]; D, H, W divisible by
     ``2 ** (len(channels) - 1)`` (:attr:`multiple`)."""
 
-    def __init__(self, channels: Sequence[int] = (8, 16, 32)):
+    def __init__(self, channels: Sequence[int] = (8, 16, 32), residual: bool = True,
+                 base_sigma: float = 0.0):
         super().__init__()
         self.channels = [int(c) for c in channels]
+        self.residual = bool(residual)
+        self.base_sigma = float(base_sigma)   # voxels; not a weight: set per target grid
         L = len(self.channels)
         if L < 2 or min(self.channels) < 1:
             raise ValueError(f"channels must list at least two positive widths, got {channels}")
@@ -46,7 +55,7 @@ class NestedUNet3d(nn.Module):
         nn.init.zeros_(self.head.weight)   # start as the identity (the residual's input)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, base: Tensor | None = None) -> Tensor:
         L = len(self.channels)
         if any(s % self.multiple for s in x.shape[2:]):
             raise ValueError(f"input size {tuple(x.shape[2:])} must be divisible by {self.multiple}")
@@ -58,7 +67,27 @@ class NestedUNet3d(nn.Module):
                 up = F.interpolate(X[(i + 1, j - 1)], scale_factor=2, mode="trilinear",
                                    align_corners=False)
                 X[(i, j)] = self.nodes[f"{i}_{j}"](torch.cat([X[(i, k)] for k in range(j)] + [up], 1))
-        return x + self.head(X[(0, L - 1)])
+        out = self.head(X[(0, L - 1)])
+        if not self.residual:
+            return out
+        return out + (self.base(x) if base is None else base)
+
+    def base(self, x: Tensor) -> Tensor:
+        """What the head adds to: ``x`` blurred by ``base_sigma`` voxels (zeros outside)."""
+        return gaussian_blur(x, self.base_sigma) if self.base_sigma > 0 else x
+
+
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Isotropic Gaussian blur (``sigma`` voxels, 3 sigma wide) of [B, 1, D, H, W], zeros
+    beyond the edges (as the zero padding of cube and whole-map inference)."""
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    w = torch.exp(-0.5 * (t / sigma) ** 2)
+    w = w / w.sum()
+    k = w.numel()
+    x = F.conv3d(x, w.view(1, 1, k, 1, 1), padding=(r, 0, 0))
+    x = F.conv3d(x, w.view(1, 1, 1, k, 1), padding=(0, r, 0))
+    return F.conv3d(x, w.view(1, 1, 1, 1, k), padding=(0, 0, r))
 
 
 class Discriminator3d(nn.Module):
@@ -73,7 +102,7 @@ class Discriminator3d(nn.Module):
         self.features = nn.Sequential(*layers)
         self.out = nn.Linear(c_in, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, base: Tensor | None = None) -> Tensor:
         return self.out(self.features(x).mean(dim=(2, 3, 4))).squeeze(1)
 
 
@@ -111,6 +140,11 @@ def infer_cubes(net: NestedUNet3d, volume: Tensor, cube: int = 32, margin: int =
     big = torch.zeros([k * core + 2 * margin for k in n], dtype=volume.dtype,
                       device=volume.device)
     big[margin:margin + D, margin:margin + H, margin:margin + W] = volume
+    # The residual's base (a blur) on the whole volume at once: exact however wide the blur.
+    bbig = None
+    if net.residual and net.base_sigma > 0:
+        with torch.no_grad():
+            bbig = net.base(big[None, None])[0, 0]
     out = torch.zeros([k * core for k in n], dtype=volume.dtype, device=volume.device)
     starts = [(a * core, b * core, c * core) for a in range(n[0]) for b in range(n[1])
               for c in range(n[2])]
@@ -118,8 +152,10 @@ def infer_cubes(net: NestedUNet3d, volume: Tensor, cube: int = 32, margin: int =
         for k in range(0, len(starts), batch):
             part = starts[k:k + batch]
             x = torch.stack([big[a:a + cube, b:b + cube, c:c + cube] for a, b, c in part])
-            y = net(x[:, None])[:, 0, margin:margin + core, margin:margin + core,
-                                margin:margin + core]
+            base = None if bbig is None else torch.stack(
+                [bbig[a:a + cube, b:b + cube, c:c + cube] for a, b, c in part])[:, None]
+            y = net(x[:, None], base)[:, 0, margin:margin + core, margin:margin + core,
+                                   margin:margin + core]
             for (a, b, c), v in zip(part, y):
                 out[a:a + core, b:b + core, c:c + core] = v
     return out[:D, :H, :W]

@@ -51,6 +51,7 @@ from ..results import CompositePlacement, CompositeResult, RoundRecord
 from ..rotations import random_rotations
 from ..runs import RunFolder, map_fingerprint, structure_fingerprint
 from ..simulate import zero_out
+from ..simulators import simulator_for
 from ..structures import trace_mask
 from ..symmetry import resolve_symmetry
 from ..tables import pose_columns
@@ -346,7 +347,7 @@ def assemble(target, structures, resolution: float, threshold: float | None = No
                          "start": "random" if j is None else f"own fit rank {cands[m][j]['rank']}",
                          **pose_columns(Rk, Tk, Rk @ centroids[m] + Tk)})
     working = zero_out(dmap, [p.moved(structs[p.structure_index]) for p in placements],
-                       resolution, rules.zero_fraction, str(device))
+                       resolution, rules.zero_fraction, str(device), simulator_for(params))
     d = dmap.data
     total = float(d[d > thr].sum(dtype=np.float64)) or 1.0
     rec = RoundRecord(index=2, fitted=list(range(len(structs))), accepted=placements,
