@@ -4,14 +4,14 @@ restarts around the best poses they reach (docs/method.md section 5).
 Why not random starts alone: a small subunit at high resolution has a narrow basin of
 attraction (about 15 degrees and 5 A for a haemoglobin chain at 3.2 A), so of 1000
 random (position, rotation) starts only a few begin inside it, and whether a copy is found
-at all depends on the seed. Two cheap steps fix both:
+at all depends on the seed. Two steps fix both:
 
 1. **Scan** (:func:`scanned_starts`): ``n_positions`` positions spread evenly over the
    contoured density (:func:`spread_positions`, so no region is left without a start), and at
    each position ``scan_rotations`` uniform rotations scored *without* optimisation on the
    search volume smoothed by ``scan_smooth`` voxels (:func:`scan_volume`), with the trace
-   atoms only (CA / P: a quarter of the backbone). The best
-   ``n_rotations`` of them start there. Scoring costs about 1/8 of the descent.
+   atoms only (CA / P: a quarter of the backbone). The best ``n_rotations`` of them start
+   there. Scoring costs about a sixth of the descent.
 2. **Focus** (:func:`focused_starts`): after the descent, the ``focus_top`` best distinct
    poses of each structure (3 A / 6 degrees apart, by search score) each get
    ``focus_starts`` restarts, perturbed by up to ``focus_angle`` degrees and
@@ -37,12 +37,13 @@ from .params import FitParams
 from .preprocess import Pyramid, envelope_positions
 from .rotations import quat_to_matrix, uniform_rotations
 
-__all__ = ["first_round", "focus_iters", "focus_per_pose", "starts_per_structure", "scan_volume", "spread_positions", "scanned_starts", "focused_starts",
-           "perturb", "distinct_best"]
+__all__ = ["starts_per_structure", "first_round", "focus_per_pose", "focus_iters",
+           "spread_positions", "scan_volume", "scanned_starts", "distinct_best", "perturb",
+           "focused_starts"]
 
 # Positions are spread over at most this many mask voxels (a seeded sample; they only
 # need to cover the density evenly), with a few k-means steps.
-_KMEANS_SAMPLE = 4000
+_KMEANS_SAMPLE = 2000
 _LLOYD_STEPS = 4
 # Scanned placements per op call (bounds the [P, 4] and [P, 3] start tensors).
 _SCAN_CHUNK = 200_000
