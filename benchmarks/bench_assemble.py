@@ -26,29 +26,17 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import data_dirs, data_file  # noqa: E402
-from test_assemble import (ACTIN, actin_case, blurred, ca_by_number, hb_case,  # noqa: E402
-                           helical_step, placed_right)
-from test_fit import random_move  # noqa: E402
+from conftest import data_dirs  # noqa: E402
+from test_assemble import (actin_case, actin_inputs, blurred, ca_by_number,  # noqa: E402
+                           hb_case, placed_right)
 
 QUICK = dict(n_rotations=50, n_positions=8)
 
 
 def actin_whole(root: Path, n_sub: int = 5, resolution: float = 10.0) -> dict:
-    from difffit.io import read_map, read_structure
-    dmap = read_map(data_file(root, f"{ACTIN}/emd_5168.map"))
-    model = read_structure(data_file(root, f"{ACTIN}/3MFP.pdb"))
-    H = helical_step(dmap, model)
-    poses = [(np.eye(3), np.zeros(3))]
-    for _ in range(1, n_sub):
-        R, t = poses[-1]
-        poses.append((H[0] @ R, H[0] @ t + H[1]))
-    R0, t0 = random_move(21)
-    moved = model.transformed(R0, t0)
-    moved.name = "actin"
+    """The whole filament box blurred to ``resolution``, n_sub subunits to place."""
+    dmap, model, poses, moved = actin_inputs(root, n_sub)
     return {"map": blurred(dmap, resolution), "structures": [moved], "copies": n_sub,
             "resolution": resolution, "total": n_sub,
             "truths": {"actin": [ca_by_number(model.transformed(R, t)) for R, t in poses]}}

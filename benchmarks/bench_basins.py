@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import difffit
-from difffit.rotations import quat_to_matrix
+from difffit.rotations import quat_to_matrix, superpose
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_fit import random_move  # noqa: E402
@@ -21,13 +21,7 @@ from test_fit import random_move  # noqa: E402
 D = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "hemoglobin_emd3488_5ni1") + "/"
 dmap = difffit.read_map(D + "emd_3488.mrc")
 
-def kabsch(P, Q):
-    pc, qc = P.mean(0), Q.mean(0)
-    H = (P - pc).T @ (Q - qc)
-    U, S, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(Vt.T @ U.T))
-    R = Vt.T @ np.diag([1, 1, d]) @ U.T
-    return R, qc - R @ pc
+kabsch = superpose
 
 def copies(chain, mate):
     a = difffit.read_structure(D + "5ni1_updated.cif", chains=[chain], selection="ca")

@@ -23,6 +23,7 @@ from test_fit import CASES, DATA, pose_error, random_move  # noqa: E402
 
 from difffit import ops, reference  # noqa: E402
 from difffit import fit  # noqa: E402
+from difffit.rotations import superpose  # noqa: E402
 from difffit.io import read_map, read_structure  # noqa: E402
 
 
@@ -40,12 +41,7 @@ def _copy_poses(model_path, chains):
     for c in chains:
         other = read_structure(DATA / model_path, chains=[c], selection="ca")
         n = min(first.n_fit_atoms, other.n_fit_atoms)
-        P, Q = first.fit_coords[:n], other.fit_coords[:n]
-        H = (P - P.mean(0)).T @ (Q - Q.mean(0))
-        U, _, Vt = np.linalg.svd(H)
-        D = np.diag([1, 1, np.sign(np.linalg.det(Vt.T @ U.T))])
-        R = Vt.T @ D @ U.T
-        out.append((R, Q.mean(0) - R @ P.mean(0)))
+        out.append(superpose(first.fit_coords[:n], other.fit_coords[:n]))
     return out
 
 

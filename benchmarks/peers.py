@@ -54,6 +54,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from test_fit import CASES, DATA, pose_error, random_move  # noqa: E402
 
 from difffit import fit  # noqa: E402
+from difffit.rotations import superpose  # noqa: E402
 from difffit.files import atomic_write as _atomic_write_bytes
 from difffit.io import read_map, read_structure, write_map, write_structure  # noqa: E402
 from difffit.preprocess import default_threshold  # noqa: E402
@@ -123,13 +124,7 @@ def _atom_keys(structure) -> list[tuple]:
             for ch in structure.gemmi_structure[0] for r in ch for a in r]
 
 
-def _superpose(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """R, t minimising |R x + t - y| (Kabsch) for [N, 3] point sets."""
-    cx, cy = x.mean(0), y.mean(0)
-    u, _, vt = np.linalg.svd((x - cx).T @ (y - cy))
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    R = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    return R, cy - R @ cx
+_superpose = superpose  # R, t minimising |R x + t - y| (Kabsch)
 
 
 def correct_poses(case: Case, model) -> list[tuple[np.ndarray, np.ndarray]]:

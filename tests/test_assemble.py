@@ -21,7 +21,7 @@ from difffit.cli import main
 from difffit.io import read_map, read_structure, split_chains
 from difffit.maps import DensityMap, write_map
 from difffit.preprocess import build_pyramid, default_threshold
-from difffit.rotations import random_rotations
+from difffit.rotations import random_rotations, superpose
 from difffit.structures import write_structure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,9 +59,7 @@ def pose_error(a: dict, b: dict) -> tuple[float, float]:
     X = np.array([a[k] for k in common])
     Y = np.array([b[k] for k in common])
     cx, cy = X.mean(0), Y.mean(0)
-    U, _, Vt = np.linalg.svd((X - cx).T @ (Y - cy))
-    d = np.sign(np.linalg.det(Vt.T @ U.T))
-    R = Vt.T @ np.diag([1, 1, d]) @ U.T
+    R, _ = superpose(X, Y)
     angle = math.degrees(math.acos(np.clip((np.trace(R) - 1) / 2, -1, 1)))
     return angle, float(np.linalg.norm(cx - cy))
 
@@ -99,20 +97,27 @@ def hb_case(root: Path, resolution: float) -> dict:
             "truths": truths, "total": 4}
 
 
-def actin_case(root: Path, n_sub: int = 3, resolution: float = 10.0) -> dict:
-    """The F-actin filament map EMD-5168 blurred to ``resolution``; 3MFP (one subunit, in
-    frame) moved away; truth: the deposited subunit and its neighbours along the helix,
-    the helical step taken from the map (the best fit of the subunit one rise up)."""
+def actin_inputs(root: Path, n_sub: int):
+    """The F-actin filament map EMD-5168, 3MFP (one subunit, in frame), the poses of the
+    deposited subunit and its n_sub - 1 neighbours along the helix (the helical step taken
+    from the map: the best fit of the subunit one rise up), and 3MFP moved away."""
     dmap = read_map(data_file(root, f"{ACTIN}/emd_5168.map"))
     model = read_structure(data_file(root, f"{ACTIN}/3MFP.pdb"))
     H = helical_step(dmap, model)
     poses = [(np.eye(3), np.zeros(3))]
-    for k in range(1, n_sub):
+    for _ in range(1, n_sub):
         R, t = poses[-1]
         poses.append((H[0] @ R, H[0] @ t + H[1]))
     R0, t0 = random_move(21)
     moved = model.transformed(R0, t0)
     moved.name = "actin"
+    return dmap, model, poses, moved
+
+
+def actin_case(root: Path, n_sub: int = 3, resolution: float = 10.0) -> dict:
+    """:func:`actin_inputs`, the map cut to the n_sub subunits and blurred to
+    ``resolution``; truth: the deposited subunit and its neighbours."""
+    dmap, model, poses, moved = actin_inputs(root, n_sub)
     truths = {"actin": [ca_by_number(model.transformed(R, t)) for R, t in poses]}
     # Only the density of the n_sub subunits: the rest of the filament zeroed.
     from difffit.simulate import explained_mask

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from difffit import DensityMap, fit, read_map
+from difffit.rotations import superpose
 from difffit.io import read_structure
 from difffit.simulate import molmap
 from difffit.structures import split_chains
@@ -32,13 +33,7 @@ def _ca(s):
     return s.coords[[a.atom.name == "CA" for a in s.gemmi_structure[0].all()]]
 
 
-def _kabsch(a: np.ndarray, b: np.ndarray):
-    """R, t with R a + t ~ b (least squares)."""
-    ca, cb = a.mean(0), b.mean(0)
-    U, _, Vt = np.linalg.svd((a - ca).T @ (b - cb))
-    d = np.sign(np.linalg.det(Vt.T @ U.T))
-    R = Vt.T @ np.diag([1, 1, d]) @ U.T
-    return R, cb - R @ ca
+_kabsch = superpose  # R, t with R a + t ~ b (least squares)
 
 
 def _errors(R, T, R0, t0, hb_chains):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -196,3 +197,17 @@ def test_uniform_rotations_is_globally_rotated_spiral(seed):
     torch.testing.assert_close(g, g[:1].expand(n, 4), atol=1e-12, rtol=0)
     # Every seed applies a non-trivial offset (seed 0 included).
     assert rotation_angle_deg(quat_to_matrix(g[0]), torch.eye(3, dtype=torch.float64)) > 1.0
+
+
+def test_superpose_recovers_a_rigid_motion_and_never_reflects():
+    from difffit.rotations import superpose
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 3, generator=g, dtype=torch.float64).numpy()
+    R = quat_to_matrix(random_rotations(1, generator=g))[0].numpy()
+    t = np.array([4.0, -2.0, 7.5])
+    R2, t2 = superpose(x, x @ R.T + t)
+    np.testing.assert_allclose(R2, R, atol=1e-10)
+    np.testing.assert_allclose(t2, t, atol=1e-10)
+    Rm, _ = superpose(x, x * np.array([-1.0, 1.0, 1.0]))  # a mirror image
+    assert np.linalg.det(Rm) > 0.999

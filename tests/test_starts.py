@@ -19,19 +19,14 @@ import difffit
 import difffit.rotations
 from difffit import FitParams, reference
 from difffit.preprocess import build_pyramid
-from difffit.rotations import quat_to_matrix, random_rotations, rotation_angle_deg
+from difffit.rotations import quat_to_matrix, random_rotations, rotation_angle_deg, superpose
 from difffit.starts import (distinct_best, first_round, focus_per_pose, focused_starts, perturb,
                             scanned_starts, spread_positions, starts_per_structure)
 
 HB = "hemoglobin_emd3488_5ni1"
 
 
-def _kabsch(P: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pc, qc = P.mean(0), Q.mean(0)
-    U, _, Vt = np.linalg.svd((P - pc).T @ (Q - qc))
-    d = np.sign(np.linalg.det(Vt.T @ U.T))
-    R = Vt.T @ np.diag([1, 1, d]) @ U.T
-    return R, qc - R @ pc
+_kabsch = superpose
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,14 @@ from __future__ import annotations
 import math
 import operator
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import DifffitInputError
 
 __all__ = [
+    "superpose",
     "quat_normalize",
     "quat_conjugate",
     "quat_multiply",
@@ -303,3 +305,14 @@ def uniform_rotations(n: int, seed: int = 0, dtype: torch.dtype = torch.float64)
     offset = random_rotations(1, generator=gen)  # [1, 4]
     q = quat_multiply(offset, q)
     return quat_canonical(quat_normalize(q)).to(dtype)
+
+
+def superpose(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rigid motion (R [3, 3], t [3]) minimising sum |R x_i + t - y_i|^2 (Kabsch), a
+    proper rotation (det +1), for matched [N, 3] point sets (N >= 3, float64)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    cx, cy = x.mean(0), y.mean(0)
+    u, _, vt = np.linalg.svd((x - cx).T @ (y - cy))
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    R = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    return R, cy - R @ cx

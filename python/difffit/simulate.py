@@ -135,7 +135,7 @@ def enclosing_level(values: np.ndarray, fraction: float = ENCLOSED_FRACTION) -> 
 
 def molmap_envelope(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: float,
                     frame: tuple[np.ndarray, np.ndarray] | None = None,
-                    spacing: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    spacing: float | None = None, values=None) -> tuple[np.ndarray, np.ndarray]:
     """The grid points of a molmap inside its display contour, with their values: the
     points ChimeraX ``fitmap`` scores a model with.
 
@@ -145,6 +145,9 @@ def molmap_envelope(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: 
         frame: (origin [3], axes [3, 3] orthonormal columns) to lay the grid out in; None
             lays it along the world axes, as molmap does for atoms where they are.
         spacing: grid spacing (default resolution / 3, molmap's).
+        values: the simulator, ``values(coords, atomic_numbers, resolution, origin,
+            voxel_size, shape_zyx) -> [nz, ny, nx]`` (default :func:`splat_atoms`, molmap);
+            negative values are clipped to 0 before the contour.
 
     Returns:
         (points [K, 3] world coordinates, values [K]) as float64 arrays.
@@ -153,7 +156,8 @@ def molmap_envelope(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: 
     lo, step, shape = molmap_grid(local, resolution, spacing)
     check_grid_size(shape, "simulated map")
     # float32 is ample for a contour and the weights, and twice as quick to splat.
-    grid = splat_atoms(local, atomic_numbers, resolution, lo, (step,) * 3, shape)
+    grid = np.clip((values or splat_atoms)(local, atomic_numbers, resolution, lo, (step,) * 3,
+                                           shape), 0.0, None)
     keep = grid >= enclosing_level(grid)
     z, y, x = np.nonzero(keep)
     pts = lo + np.stack([x, y, z], axis=1) * step

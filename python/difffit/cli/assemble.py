@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
-from ..errors import DifffitInputError
 from ..params import AssembleParams
 from .common import (add_device_argument, add_map_arguments, add_outdir_arguments,
-                     add_search_arguments, add_structure_options, check_device,
-                     check_output_dir, command_line, default_outdir, positive_float,
-                     read_structures, search_overrides)
-from .composite import _copies_arg, add_symmetry_arguments
+                     add_search_arguments, add_structure_options, positive_float,
+                     search_overrides)
+from .composite import _copies_arg, add_symmetry_arguments, finish, read_inputs
 
 _OPTIONS = (  # AssembleParams field, type, metavar, help
     ("n_candidates", int, "N", "placements of each structure's own fit kept as starts, per copy"),
@@ -58,22 +55,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ..files import atomic_write
-    from ..maps import read_map
-    from ..report import composite_report
     from ..workflows.assemble import assemble
 
-    check_device(args.device)
-    map_path = Path(args.map)
-    outdir = default_outdir(args, "assemble")
-    check_output_dir(outdir, files=("state.json", "composite.cif", "composite.cxc",
-                                    "summary.csv", "summary.txt", "report.html", "command.txt"))
-    dmap = read_map(map_path, voxel_size=args.voxel_size)
-    structures = read_structures(args, args.structures)
-    copies = args.copies
-    if isinstance(copies, list) and len(copies) != len(structures):
-        raise DifffitInputError(f"--copies: {len(copies)} numbers given for "
-                                f"{len(structures)} structures")
+    map_path, outdir, dmap, structures, copies = read_inputs(args, "assemble")
     overrides = {**search_overrides(args), "device": args.device,
                  **{name: getattr(args, name) for name, *_ in _OPTIONS}}
     if not args.quiet:
@@ -83,14 +67,4 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                       copies=copies, symmetry=args.symmetry, symmetry_axis=args.symmetry_axis,
                       symmetry_centre=args.symmetry_centre, outdir=outdir, resume=args.resume,
                       force=args.force, progress=not args.quiet, **overrides)
-    command = command_line(argv)
-    atomic_write(outdir / "command.txt", command + "\n")
-    if args.report:
-        composite_report(result, outdir / "report.html", overwrite=True, command=command)
-    if not args.quiet:
-        print(result.summary_table())
-    sym = getattr(result, "symmetry", None)
-    if sym is not None:
-        print(f"symmetry: {sym.describe()}")
-    print(f"results written to {outdir}/ (open composite.cxc in ChimeraX)")
-    return 0
+    return finish(result, args, argv, outdir)

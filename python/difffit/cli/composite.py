@@ -93,22 +93,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..workflows.composite import composite
-    from ..files import atomic_write
-    from ..maps import read_map
-    from ..report import composite_report
 
-    check_device(args.device)
-    map_path = Path(args.map)
-    outdir = default_outdir(args, "composite")
-    check_output_dir(outdir, files=("state.json", "composite.cif", "composite.cxc",
-                                    "summary.csv", "summary.txt", "report.html",
-                                    "command.txt"))
-    dmap = read_map(map_path, voxel_size=args.voxel_size)
-    structures = read_structures(args, args.structures)
-    copies = args.copies
-    if isinstance(copies, list) and len(copies) != len(structures):
-        raise DifffitInputError(f"--copies: {len(copies)} numbers given for "
-                                f"{len(structures)} structures")
+    map_path, outdir, dmap, structures, copies = read_inputs(args, "composite")
     overrides = {**search_overrides(args), "device": args.device}
     rules = AcceptRules(**{name: getattr(args, name) for name, *_ in _RULE_OPTIONS})
     if not args.quiet:
@@ -119,11 +105,42 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                        rules=rules, progress=not args.quiet, symmetry=args.symmetry,
                        symmetry_axis=args.symmetry_axis, symmetry_centre=args.symmetry_centre,
                        **overrides)
+    return finish(result, args, argv, outdir)
+
+
+def read_inputs(args: argparse.Namespace, workflow: str):
+    """The inputs composite and assemble share, checked before any work: (map path, output
+    folder, map, structures, copies)."""
+    from ..maps import read_map
+
+    check_device(args.device)
+    map_path = Path(args.map)
+    outdir = default_outdir(args, workflow)
+    check_output_dir(outdir, files=("state.json", "composite.cif", "composite.cxc",
+                                    "summary.csv", "summary.txt", "report.html",
+                                    "command.txt"))
+    dmap = read_map(map_path, voxel_size=args.voxel_size)
+    structures = read_structures(args, args.structures)
+    copies = args.copies
+    if isinstance(copies, list) and len(copies) != len(structures):
+        raise DifffitInputError(f"--copies: {len(copies)} numbers given for "
+                                f"{len(structures)} structures")
+    return map_path, outdir, dmap, structures, copies
+
+
+def finish(result, args: argparse.Namespace, argv: Sequence[str], outdir: Path) -> int:
+    """The command line, the report when asked, the summary and symmetry found."""
+    from ..files import atomic_write
+    from ..report import composite_report
+
     command = command_line(argv)
     atomic_write(outdir / "command.txt", command + "\n")
     if args.report:
         composite_report(result, outdir / "report.html", overwrite=True, command=command)
     if not args.quiet:
         print(result.summary_table())
+    sym = getattr(result, "symmetry", None)
+    if sym is not None:
+        print(f"symmetry: {sym.describe()}")
     print(f"results written to {outdir}/ (open composite.cxc in ChimeraX)")
     return 0

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import DifffitInputError
 from ..maps import DensityMap
-from ..simulate import check_grid_size, enclosing_level, molmap_grid
+from ..simulate import check_grid_size, molmap_envelope, molmap_grid
 from ..structures import Structure, simulation_mask
 
 
@@ -70,14 +70,5 @@ class Simulator:
         inside the contour enclosing 95 % of its density (what fitmap-style metrics score),
         on a grid laid out in ``frame`` (origin [3], axes [3, 3] as columns) or the world
         axes, spacing ``spacing`` (default :meth:`spacing`)."""
-        local = coords if frame is None else (coords - frame[0]) @ frame[1]
-        lo, step, shape = molmap_grid(local, resolution, spacing or self.spacing(resolution))
-        check_grid_size(shape, "simulated map")
-        grid = np.clip(self.grid_values(local, atomic_numbers, resolution, lo, (step,) * 3,
-                                        shape), 0.0, None)
-        keep = grid >= enclosing_level(grid)
-        z, y, x = np.nonzero(keep)
-        pts = lo + np.stack([x, y, z], axis=1) * step
-        if frame is not None:
-            pts = pts @ frame[1].T + frame[0]
-        return pts, grid[keep].astype(np.float64)
+        return molmap_envelope(coords, atomic_numbers, resolution, frame,
+                               spacing or self.spacing(resolution), values=self.grid_values)
