@@ -91,7 +91,8 @@ def main():
           f"({fp['seconds_full']:.1f} s); bound: margin {fp['margin']}, largest gain "
           f"full - estimate {fp['max_gain']:.4f}, gain bound {fp['gain_bound']:.4f}, "
           f"top-{args.top} full score {fp['top_full_score']:.4f}, best screened-out "
-          f"estimate {fp['best_screened_estimate']:.4f}; the {len(common)} fully fitted "
+          f"estimate {fp['best_screened_estimate']:.4f}; checked (the best screened-out, "
+          f"fitted): gains {[round(c['gain'], 4) for c in fp['checked']]}; the {len(common)} fully fitted "
           f"candidates' scores differ from the atom run's by at most {diff:.2g}")
     same = a["top"] == f["top"]
     print(f"identify speedup_vs_atoms={a['seconds'] / f['seconds']:.2f} "

@@ -139,6 +139,12 @@ def test_a_structures_result_does_not_depend_on_its_batch_mates(shared_data):
     R0, t0 = random_move(4)
     other = model.transformed(R0, t0)
     kw = dict(n_rotations=4, n_positions=10, n_iters=40, refine_top=3, check=False)
+    assert_alone_as_in_a_batch(dmap, model, other, kw)
+
+
+def assert_alone_as_in_a_batch(dmap, model, other, kw: dict) -> None:
+    """``model`` fitted alone and after ``other`` in one batch: the same placements, bit
+    for bit."""
     alone = fit(dmap, [model], 5.0, **kw)
     batch = fit(dmap, [other, model], 5.0, **kw)
     a, b = alone.for_structure(0), batch.for_structure(1)

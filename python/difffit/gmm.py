@@ -109,11 +109,13 @@ class Mixture:
 
 
 def kmeans(points: np.ndarray, k: int, weights: np.ndarray | None = None, iters: int = 50,
-           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+           seed: int = 0, init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weighted k-means (Lloyd) with k-means++ seeding, deterministic for a seed.
 
     Args:
         points: [P, 3]; weights: [P] non-negative (None: all 1); k <= P.
+        init: [k, 3] starting centres instead of k-means++ (e.g. a chain cut into
+            pieces, already close to the answer: a few iterations suffice).
 
     Returns:
         (centres [k, 3] weighted means, labels [P] int64). A cluster that empties is
@@ -132,16 +134,19 @@ def kmeans(points: np.ndarray, k: int, weights: np.ndarray | None = None, iters:
         cum = np.cumsum(p)
         return min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), P - 1)
 
-    c = np.empty((k, 3))
-    c[0] = x[draw(w + 1e-12)]
-    d2 = np.einsum("ij,ij->i", x - c[0], x - c[0])
-    for j in range(1, k):
-        c[j] = x[draw(d2 * w + 1e-300)]
-        e = x - c[j]
-        np.minimum(d2, np.einsum("ij,ij->i", e, e), out=d2)
+    if init is not None:
+        c = np.array(init, dtype=np.float64).reshape(k, 3)
+    else:
+        c = np.empty((k, 3))
+        c[0] = x[draw(w + 1e-12)]
+        d2 = np.einsum("ij,ij->i", x - c[0], x - c[0])
+        for j in range(1, k):
+            c[j] = x[draw(d2 * w + 1e-300)]
+            e = x - c[j]
+            np.minimum(d2, np.einsum("ij,ij->i", e, e), out=d2)
     labels = np.full(P, -1)
     for _ in range(iters):
-        dist, new = cKDTree(c).query(x)
+        dist, new = _nearest(c, x)
         mass = np.bincount(new, w, minlength=k)
         s = np.stack([np.bincount(new, w * x[:, a], minlength=k) for a in range(3)], 1)
         empty = mass <= 0
@@ -153,6 +158,16 @@ def kmeans(points: np.ndarray, k: int, weights: np.ndarray | None = None, iters:
         if done:
             break
     return c, labels
+
+
+def _nearest(c: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance to and index of the nearest centre c [k, 3] of each point x [P, 3]: dense
+    for small problems (a tree costs more to build than it saves there)."""
+    if len(c) * len(x) > 2_000_000:
+        return cKDTree(c).query(x)
+    d2 = (x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None, :]
+    idx = d2.argmin(1)
+    return np.sqrt(np.maximum(d2[np.arange(len(x)), idx], 0.0)), idx
 
 
 def mean_nn_distance(points: np.ndarray) -> float:

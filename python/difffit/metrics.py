@@ -62,8 +62,11 @@ class Metrics:
 
     def __init__(self, structures: Sequence[Structure], centroids: np.ndarray, target: DensityMap,
                  level0: Tensor, pyr_origin, pyr_voxel, threshold: float, resolution: float,
-                 device, simulator=None):
+                 device, simulator=None, atom_metrics: bool = True):
+        """``atom_metrics=False`` measures only the envelope's overlap, correlation and
+        cam (no per-atom simulation: a third of the set-up cost)."""
         self.device = device
+        self.atom_metrics = atom_metrics
         dt = torch.float64
         # One voxel of zeros around the target: a point beyond the box then samples 0, as
         # in ChimeraX (up to the last half voxel, which interpolates toward it).
@@ -80,12 +83,14 @@ class Metrics:
             p, v = _envelope(simulator, xyz, z, resolution, target, principal_frame(xyz, c))
             sim_pts.append(p - c)
             sim_val.append(v)
-            atom_pts.append(xyz - c)
-            atom_val.append(sample_simulated(xyz, z, resolution))
+            if atom_metrics:
+                atom_pts.append(xyz - c)
+                atom_val.append(sample_simulated(xyz, z, resolution))
         self.sim_pts, self.sim_off = ragged(sim_pts, device, torch.float32)
         self.sim_val = torch.from_numpy(np.concatenate(sim_val)).to(device, torch.float32)
-        self.atom_pts, self.atom_off = ragged(atom_pts, device, dt)
-        self.atom_val = torch.from_numpy(np.concatenate(atom_val)).to(device)
+        if atom_metrics:
+            self.atom_pts, self.atom_off = ragged(atom_pts, device, dt)
+            self.atom_val = torch.from_numpy(np.concatenate(atom_val)).to(device)
 
     def __call__(self, quat: Tensor, trans: Tensor, mol_idx: Tensor) -> dict[str, Tensor]:
         """Every metric of placements quat [P, 4], trans [P, 3] of structures mol_idx [P]."""
@@ -97,6 +102,8 @@ class Metrics:
                              q.float(), t.float(), m, validate=False).double()
         n_sim = (self.sim_off[1:] - self.sim_off[:-1])[m].to(st.dtype)
         out["overlap"], out["correlation"], out["cam"] = correlations(st, n_sim)
+        if not self.atom_metrics:
+            return out
         st = ops.point_stats(self.level0, *self.level0_frame, self.atom_pts, self.atom_val,
                              self.atom_off, q, t, m, threshold=0.0, validate=False)
         n = (self.atom_off[1:] - self.atom_off[:-1])[m].to(st.dtype)

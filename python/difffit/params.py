@@ -93,6 +93,12 @@ class FitParams:
     focus_angle: float = 20.0       # degrees
     focus_shift: float = 3.0        # Angstrom (sd per axis)
     n_iters: int = 200              # Adam steps
+    # Coarse-to-fine (difffit.coarse): the first coarse_iters steps of the first-round
+    # descent move coarse_atoms-atom groups (k-means points) on pyramid levels shifted
+    # to match their spread; the rest move the atoms. 0: atoms only; None: all but the
+    # last 50 steps when n_iters >= 200 (150 of 200), else 0. Local fits ignore it.
+    coarse_iters: int | None = None
+    coarse_atoms: float = 20.0      # fitted atoms per coarse point
     lr_quat: float = 0.01
     lr_trans: float | None = None   # Angstrom per step; None -> 1 % of the mean box edge
     record_every: int = 10
@@ -146,6 +152,12 @@ class FitParams:
         _number(self, "scan_smooth", lo=0)
         _number(self, "focus_starts", integer=True, lo=0, none_ok=True)
         _number(self, "focus_iters", integer=True, lo=1, none_ok=True)
+        _number(self, "coarse_iters", integer=True, lo=0, none_ok=True)
+        if self.coarse_iters is not None and self.coarse_iters >= self.n_iters:
+            raise DifffitInputError(f"{opt('coarse_iters')} must be less than {opt('n_iters')} "
+                                    f"({self.n_iters}): the last steps move the atoms; got "
+                                    f"{self.coarse_iters}")
+        _number(self, "coarse_atoms", lo=1)
         _number(self, "angle_tol", lo=0, hi=180, lo_open=True)
         _number(self, "min_inside_fraction", lo=0, hi=1)
         _flag(self, "refine")
@@ -303,10 +315,14 @@ class IdentifyParams:
         skip_bad: leave unreadable library files out (listed in the result and the log)
             instead of stopping with an error naming the file.
         first_pass: screen the library first with a coarse search (a Gaussian per
-            ``first_pass_atoms`` fitted atoms, ``first_pass_iters`` steps) and fit fully
-            only the candidates that could still reach the top ``first_pass_top``
-            (bound: ``first_pass_margin`` in the score's units, widened by the largest
-            gain seen; difffit.workflows.prescreen).
+            ``first_pass_atoms`` fitted atoms; ``first_pass_positions`` positions, the best
+            rotations of ``first_pass_rotations`` at each, ``first_pass_iters`` steps; the
+            best pose then polished and refined with the atoms) and fit fully only the
+            candidates that could still reach the top ``first_pass_top``: the bound is
+            the largest gain (full score - estimate) seen, at least ``first_pass_margin``
+            times the K-th best full score, checked by fully fitting the
+            ``first_pass_check`` best screened-out candidates (difffit.workflows.prescreen).
+            Raise ``first_pass_positions`` for a map much larger than the candidates.
     """
 
     score: str = "cam"
@@ -315,9 +331,12 @@ class IdentifyParams:
     skip_bad: bool = False
     first_pass: bool = False
     first_pass_top: int = 10
-    first_pass_margin: float = 0.2
+    first_pass_margin: float = 0.01
+    first_pass_check: int = 2
     first_pass_atoms: float = 20.0
-    first_pass_iters: int = 100
+    first_pass_positions: int = 60
+    first_pass_rotations: int = 120
+    first_pass_iters: int = 40
 
     def __post_init__(self):
         from .structures import SELECTIONS
@@ -327,8 +346,10 @@ class IdentifyParams:
         _choice(self, "selection", SELECTIONS)
         _flag(self, "skip_bad")
         _flag(self, "first_pass")
-        for name in ("first_pass_top", "first_pass_iters"):
+        for name in ("first_pass_top", "first_pass_iters", "first_pass_positions",
+                     "first_pass_rotations"):
             _number(self, name, integer=True, lo=1)
+        _number(self, "first_pass_check", integer=True, lo=0)
         _number(self, "first_pass_margin", lo=0)
         _number(self, "first_pass_atoms", lo=1)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -81,6 +82,30 @@ def optimise(volume: Tensor, origin, voxel, batch: Batch, quat0: Tensor, trans0:
             progress.update(1)
     return {"quat": torch.stack(rec_q), "trans": torch.stack(rec_t), "score": torch.stack(rec_s),
             "iteration": torch.tensor(rec_i)}
+
+
+def raw_volume(dmap, device) -> Tensor:
+    """The unsmoothed map (a DensityMap) as a one-channel float64 volume [D, H, W, 1],
+    scaled to unit maximum."""
+    data = np.asarray(dmap.data, dtype=np.float64)
+    scale = float(np.abs(data).max()) or 1.0
+    return torch.from_numpy(data / scale).to(device).unsqueeze(-1).contiguous()
+
+
+def refine_against_map(dmap, structs, centroids: np.ndarray, quat: Tensor, trans: Tensor,
+                       mol_idx: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+    """The final refinement of poses (quat [P, 4], trans [P, 3] of the centred frames,
+    structure mol_idx [P]) against the unsmoothed map with every simulated heavy atom
+    (what the fit's metrics see), steps of a tenth of a voxel; float64 poses back."""
+    from .metrics import ragged
+    from .structures import simulation_mask
+
+    device = quat.device
+    pts, off = ragged([s.coords[simulation_mask(s) & (s.atomic_numbers > 1)] - c
+                       for s, c in zip(structs, centroids)], device, torch.float64)
+    step = 0.1 * float(np.mean(dmap.voxel_size))
+    return refine(raw_volume(dmap, device), dmap.origin.tolist(), dmap.voxel_size.tolist(),
+                  pts, off, quat.double(), trans.double(), mol_idx, iters, step)
 
 
 def refine(volume: Tensor, origin, voxel, points: Tensor, offsets: Tensor, quat: Tensor,

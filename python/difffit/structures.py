@@ -119,6 +119,9 @@ class Structure:
     fit_mask: np.ndarray
     chain_ids: np.ndarray
     gemmi_structure: gemmi.Structure = field(repr=False)
+    # Residue class of every atom, filled on first use (metrics, refinement and the
+    # first pass all ask; a replace() or transformed() copy starts without it).
+    _classes: list | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def fit_coords(self) -> np.ndarray:
@@ -464,12 +467,13 @@ def _is_polymer(res: gemmi.Residue) -> bool:
 
 def _atom_classes(s: Structure) -> list[str]:
     """[N] residue class of every atom, in atom order."""
-    out = []
-    for chain in s.gemmi_structure[0]:
-        for res in chain:
-            cls = _residue_class(res)
-            out.extend(cls for _ in res)
-    return out
+    if s._classes is None:
+        out = []
+        for chain in s.gemmi_structure[0]:
+            for res in chain:
+                out.extend([_residue_class(res)] * len(res))
+        s._classes = out
+    return s._classes
 
 
 def simulation_mask(s: Structure) -> np.ndarray:

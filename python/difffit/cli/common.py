@@ -69,7 +69,8 @@ def add_map_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
     """The search options every fitting subcommand shares: --seed, --rotations,
-    --positions, --iterations, --no-refine, --refine-top (see :func:`search_overrides`)."""
+    --positions, --iterations, --coarse-iters, --no-refine, --refine-top (see
+    :func:`search_overrides`)."""
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--rotations", type=positive_int, default=None, metavar="N",
                    help="starts per position: the N best of the scanned rotations (default: 2)")
@@ -83,6 +84,11 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: 10; 0: no restarts)")
     p.add_argument("--iterations", type=positive_int, default=None, metavar="N",
                    help="gradient steps (default: 200)")
+    p.add_argument("--coarse-iters", type=non_negative_int, default=None, metavar="N",
+                   help="run the first N steps of the first descent with coarse points (a "
+                        "k-means point per 20 fitted atoms) on smoother pyramid levels, the "
+                        "rest with the atoms (default: all but the last 50 when --iterations "
+                        "is 200 or more, else 0; 0: atoms only; must be < --iterations)")
     p.add_argument("--no-refine", action="store_true",
                    help="skip the local refinement of the cluster representatives")
     p.add_argument("--refine-top", type=positive_int, default=None, metavar="N",
@@ -112,7 +118,8 @@ def search_overrides(args: argparse.Namespace) -> dict:
         out["checkpoint"] = args.checkpoint
     for key, value in (("n_rotations", args.rotations), ("n_positions", args.positions),
                        ("scan_rotations", args.scan_rotations), ("focus_top", args.focus_top),
-                       ("n_iters", args.iterations), ("refine_top", args.refine_top),
+                       ("n_iters", args.iterations), ("coarse_iters", args.coarse_iters),
+                       ("refine_top", args.refine_top),
                        ("dust_min_size", args.dust_min_size)):
         if value is not None:
             out[key] = value

@@ -132,9 +132,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                  if result.skipped else ""))
         fp = getattr(result, "first_pass", None)
         if fp:
+            checked = fp.get("checked") or []
             print(f"first pass: {fp['fitted']} of {len(result.candidates)} candidates fitted "
                   f"fully (could reach the top {fp['top']}: estimate + {fp['gain_bound']:.3f} "
-                  f">= {fp['top_full_score']:.3f}); the rest ranked after them, unscored")
+                  f">= {fp['top_full_score']:.3f}"
+                  + (f"; the {len(checked)} best screened out, fitted as a check, gained at "
+                     f"most {max(c['gain'] for c in checked):+.3f}" if checked else "")
+                  + "); the rest ranked after them, unscored")
     print(f"results written to {outdir}/ (ranking.csv, models/, identify_log.txt"
           + (", report.html" if args.report else "") + ")")
     return 0

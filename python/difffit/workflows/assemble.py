@@ -56,7 +56,8 @@ from ..structures import trace_mask
 from ..symmetry import resolve_symmetry
 from ..tables import pose_columns
 from .composite import _normalise_copies
-from .fit import as_map, as_structures, check_resolution, check_threshold, fit, raw_volume
+from ..search import raw_volume
+from .fit import as_map, as_structures, check_resolution, check_threshold, fit
 
 __all__ = ["assemble"]
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..coarse import CoarseStage, coarse_descent, coarse_steps, prepare as coarse_prepare
 from ..checks import after_search, before_search, report
 from ..cluster import cluster_poses
 from ..copies import select_copies, significance
@@ -43,11 +44,11 @@ from ..preprocess import Pyramid, build_pyramid, default_threshold
 from ..region import check_paths, describe, local_starts, restrict_map, restrict_starts
 from ..results import FitResult, Placement
 from ..rotations import quat_to_matrix
-from ..search import Batch, chunks, optimise, refine
+from ..search import Batch, chunks, optimise, refine_against_map
 from .mapfit import MAP_SOURCE_OPTIONS, is_map_source, map_as_structure
 from ..starts import (first_round, focus_iters, focus_per_pose, focused_starts, scan_volume, scanned_starts,
                       spread_positions, starts_per_structure)
-from ..structures import (Structure, alphafold_evidence, read_structure, simulation_mask,
+from ..structures import (Structure, alphafold_evidence, read_structure,
                           trace_mask, with_min_plddt)
 
 __all__ = ["fit", "as_structures", "as_map"]
@@ -123,6 +124,7 @@ class _Setup:
     batch: Batch            # centred fitted atoms
     mol_idx: Tensor         # [S] structure of each start
     per: int                # starts per structure
+    coarse: CoarseStage | None = None  # coarse points and volumes (coarse_iters > 0)
 
 
 @dataclass
@@ -144,9 +146,15 @@ class _Clustered:
 def _setup(dmap, structs, params, resolution, threshold) -> _Setup:
     device = params.torch_device()
     thr = float(default_threshold(dmap.data) if threshold is None else threshold)
-    pyr = build_pyramid(dmap.data, dmap.origin, dmap.voxel_size, thr, n_levels=params.n_levels,
+    coarse = (coarse_prepare(structs, params, dmap.voxel_size, device)
+              if coarse_steps(params) else None)
+    # One pyramid: its first n_levels are the atoms', the extra ones the coarse points'.
+    pyr = build_pyramid(dmap.data, dmap.origin, dmap.voxel_size, thr,
+                        n_levels=params.n_levels + (coarse.extra_levels if coarse else 0),
                         sigma=params.smooth_sigma, negative=params.negative,
                         dust_min_size=params.dust_min_size)
+    if coarse is not None:
+        pyr = coarse.split(pyr, params, device)
     volume = pyr.levels.sum(-1, keepdim=True).to(device).contiguous()  # fixed weights: sum once
     centroids = np.stack([s.centroid for s in structs])
     pts, off = ragged([s.fit_coords - c for s, c in zip(structs, centroids)], device)
@@ -155,7 +163,7 @@ def _setup(dmap, structs, params, resolution, threshold) -> _Setup:
     mol_idx = torch.arange(len(structs)).repeat_interleave(per).to(device)
     return _Setup(dmap, structs, params, device, resolution, thr, pyr, volume,
                   pyr.origin.tolist(), pyr.voxel_size.tolist(), centroids, Batch(pts, off),
-                  mol_idx, per)
+                  mol_idx, per, coarse)
 
 
 def _scan_points(su: _Setup) -> tuple[Tensor, Tensor]:
@@ -215,14 +223,24 @@ def _search(su: _Setup, progress: bool) -> _Searched:
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=0, desc="fitting", unit="step")
-    rec = _descend(su, quat0, trans0, mol0, lr_trans, bar, params.n_iters)
+    n_iters = params.n_iters
+    if su.coarse is not None:  # recorded: the atom steps only (coarse scores are another scale)
+        quat0, trans0 = coarse_descent(su.coarse, su.origin, su.voxel, quat0, trans0, mol0,
+                                       params, lr_trans, bar)
+        n_iters -= coarse_steps(params)
+    rec = _descend(su, quat0, trans0, mol0, lr_trans, bar, n_iters)
+    rec["iteration"] = rec["iteration"] + (params.n_iters - n_iters)
     if focus:
         ar = torch.arange(mol0.numel(), device=mol0.device)
         best = rec["score"].argmax(0)
         q2, t2, mol2 = focused_starts(rec["quat"][best, ar], rec["trans"][best, ar],
                                       rec["score"][best, ar], mol0, M, params)
-        rec2 = _held(_descend(su, q2, t2, mol2, lr_trans, bar, focus_iters(params)),
-                     rec["score"].shape[0])
+        rec2 = _descend(su, q2, t2, mol2, lr_trans, bar, focus_iters(params))
+        # Equal lengths: the shorter descent (the restarts, or with coarse_iters the first
+        # round's atom steps) holds its last record.
+        n_rec = max(rec["score"].shape[0], rec2["score"].shape[0])
+        iteration = rec["iteration"][torch.arange(n_rec).clamp_max(rec["score"].shape[0] - 1)]
+        rec, rec2 = _held(rec, n_rec) | {"iteration": iteration}, _held(rec2, n_rec)
         order = torch.argsort(torch.cat([mol0, mol2]).cpu(), stable=True).to(mol0.device)
         rec = {k: torch.cat([rec[k], rec2[k]], 1).index_select(1, order)
                for k in ("quat", "trans", "score")} | {"iteration": rec["iteration"]}
@@ -268,14 +286,9 @@ def _refine_and_rank(su: _Setup, se: _Searched, cl: _Clustered) -> list[Placemen
     refined = _refine_selection(g_mol, cl.rank_score[reps], params)             # [G] bool
     sel = torch.nonzero(refined).flatten()
     if len(sel):
-        raw = raw_volume(su.dmap, device)
-        all_pts, all_off = ragged([s.coords[simulation_mask(s) & (s.atomic_numbers > 1)] - c
-                                   for s, c in zip(su.structs, su.centroids)], device, torch.float64)
-        step = 0.1 * float(su.dmap.voxel_size.mean())
         sd = sel.to(device)
-        q_rep[sd], t_rep[sd] = refine(raw, su.dmap.origin.tolist(), su.dmap.voxel_size.tolist(),
-                                      all_pts, all_off, q_rep[sd], t_rep[sd], m_rep_idx[sd],
-                                      params.refine_iters, step)
+        q_rep[sd], t_rep[sd] = refine_against_map(su.dmap, su.structs, su.centroids, q_rep[sd],
+                                                  t_rep[sd], m_rep_idx[sd], params.refine_iters)
     # Metrics at the refined poses; unrefined clusters keep those of their best pose.
     m_rep = {k: v[reps.to(v.device)].clone() for k, v in cl.m_all.items()}
     if len(sel):
@@ -456,13 +469,6 @@ def _copies_and_significance(structs: list[Structure], placements: list[Placemen
         out += ps
     out.sort(key=lambda p: (p.rank, -p.score))
     return out, ambiguous
-
-
-def raw_volume(dmap: DensityMap, device) -> Tensor:
-    """The unsmoothed map as a one-channel float64 volume [D, H, W, 1], scaled to unit maximum."""
-    data = np.asarray(dmap.data, dtype=np.float64)
-    scale = float(np.abs(data).max()) or 1.0
-    return torch.from_numpy(data / scale).to(device).unsqueeze(-1).contiguous()
 
 
 def _refine_selection(g_mol: Tensor, pre_score: Tensor, params: FitParams) -> Tensor:

@@ -261,10 +261,12 @@ def identify(target, library, resolution: float, threshold: float | None = None,
         bar = tqdm(total=len(entries), initial=sum(len(plan[b]) for b in done),
                    desc="identify", unit="structure")
     best: tuple[float, str] | None = None
+    computed: set[int] = set()  # batches fitted in this run (the rest: from the checkpoint)
 
     def finished(out: dict) -> None:
         nonlocal best
         done[out["batch"]] = out
+        computed.add(out["batch"])
         if folder is not None:
             folder.save_part(_batch_name(out["batch"]), {**out, "key_hash": khash})
         log.batch(out, from_checkpoint=False)
@@ -313,7 +315,7 @@ def identify(target, library, resolution: float, threshold: float | None = None,
     batches = [{"batch": b, "indices": done[b]["indices"],
                 "n_fit_atoms": sum(entries[i].n_fit_atoms for i in done[b]["indices"]),
                 "seconds": done[b]["seconds"], "device": done[b]["device"],
-                "worker": done[b]["worker"], "from_checkpoint": b not in pending}
+                "worker": done[b]["worker"], "from_checkpoint": b not in computed}
                for b in sorted(done)]
     result = IdentifyResult(
         candidates=cands, map=dmap, resolution=resolution, threshold=threshold,
@@ -343,9 +345,7 @@ def _with_first_pass(dmap, entries, plan: list, resolution: float, threshold: fl
         (evidence of the screened-out candidates, the bound's record).
     """
     t0 = time.perf_counter()
-    est = first_pass(dmap, entries, resolution, threshold, fparams, settings.selection,
-                     settings.batch_atoms, settings.score, settings.first_pass_atoms,
-                     settings.first_pass_iters)
+    est = first_pass(dmap, entries, resolution, threshold, fparams, settings)
     t_first = time.perf_counter() - t0
 
     def fit_indices(todo: list[int]) -> dict[int, float]:
@@ -359,7 +359,7 @@ def _with_first_pass(dmap, entries, plan: list, resolution: float, threshold: fl
         return scores
 
     record = run_rounds(est, int(settings.first_pass_top), float(settings.first_pass_margin),
-                        fit_indices)
+                        int(settings.first_pass_check), fit_indices)
     record["seconds_first_pass"] = t_first
     fitted = {i for b in done for i in done[b]["indices"]}
     screened = [screened_evidence(entries[i], est[i], settings.score)
