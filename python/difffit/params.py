@@ -350,6 +350,12 @@ class IdentifyParams:
                      "first_pass_rotations"):
             _number(self, name, integer=True, lo=1)
         _number(self, "first_pass_check", integer=True, lo=0)
+        if self.first_pass and self.score == "zscore":
+            # A z-score needs all of a candidate's clusters, which only a full fit gives,
+            # so the first pass has nothing to estimate it with.
+            raise DifffitInputError(f"{opt('first_pass', True)} ranks by a metric: choose "
+                                    f"one with {opt('score')} (e.g. {opt('score', 'cam')}), "
+                                    f"not {opt('score', 'zscore')}")
         _number(self, "first_pass_margin", lo=0)
         _number(self, "first_pass_atoms", lo=1)
 
