@@ -25,23 +25,72 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_workflows import QUICK, _renamed_copy  # noqa: E402
-from test_fit import DATA  # noqa: E402
+from test_fit import DATA, random_move  # noqa: E402
 from test_identify import CONTOUR, DECOYS, DEMO, PACRG, RES  # noqa: E402
 
 
-def _library(n: int):
+def _library(n: int, kind: str = "copies"):
+    """``copies``: bench_workflows.py's library (11 structures, each repeated under random
+    poses). ``fragments``: n distinct candidates: the two PACRG domains and the demo's
+    decoy once each, then windows of 50-130 residues of every protein chain of the other
+    shared models (a proteome-like library: one or two answers among many different
+    proteins), each under a random pose."""
     from difffit.io import read_structure
 
     base = [read_structure(DATA / DEMO / f"{name}.pdb") for name in PACRG]
     base += [read_structure(DATA / f) for f in DECOYS]
     rng = np.random.default_rng(0)
-    return [_renamed_copy(base[i % len(base)], i // len(base), rng) for i in range(n)]
+    if kind == "copies":
+        return [_renamed_copy(base[i % len(base)], i // len(base), rng) for i in range(n)]
+    out = [s.transformed(*random_move(int(rng.integers(1 << 30)))) for s in base[:3]]
+    windows = [(f, ch, a, w) for w in (50, 70, 90, 110, 130) for f, ch, length in _chains()
+               for a in range(0, length - w + 1, 6)]
+    pick = np.sort(rng.choice(len(windows), size=min(n - 3, len(windows)), replace=False))
+    for k in pick:
+        out.append(read_structure(_window(*windows[k])).transformed(
+            *random_move(int(rng.integers(1 << 30)))))
+    return out
+
+
+def _chains() -> list[tuple[str, str, int]]:
+    """(file, chain, polymer length) of every protein chain of the shared decoy models
+    (the demo's own decoy and the shifted copy of the spike domain excepted;
+    haemoglobin's alpha and beta once each)."""
+    import gemmi
+
+    out = []
+    for f in DECOYS[1:]:
+        if "shifted" in f:
+            continue
+        g = gemmi.read_structure(str(DATA / f))
+        for ch in g[0]:
+            if "5ni1" in f and ch.name not in ("A", "B"):
+                continue
+            length = len(ch.get_polymer())
+            if length >= 50:
+                out.append((f, ch.name, length))
+    return out
+
+
+def _window(f: str, chain: str, a: int, w: int):
+    """Residues a .. a + w - 1 of one chain, as a gemmi.Structure named after them."""
+    import gemmi
+
+    g = gemmi.read_structure(str(DATA / f))
+    m = g[0]
+    for name in [c.name for c in m if c.name != chain]:
+        m.remove_chain(name)
+    ch = m[chain]
+    del ch[a + w:]
+    del ch[:a]
+    g.name = f"{Path(f).stem}_{chain}{a + 1}-{a + w}"
+    return g
 
 
 def _child(args) -> None:
     from difffit import identify
 
-    library = _library(args.candidates)
+    library = _library(args.candidates, args.library)
     extra = dict(first_pass=True, first_pass_top=args.top) if args.child == "first_pass" else {}
     t0 = time.perf_counter()
     res = identify(DATA / DEMO / "density2.mrc", library, RES, CONTOUR,
@@ -62,6 +111,8 @@ def main():
     ap.add_argument("--candidates", type=int, default=300)
     ap.add_argument("--top", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help=f"reduced search {QUICK}")
+    ap.add_argument("--library", choices=("copies", "fragments"), default="copies",
+                    help="copies: bench_workflows.py's library; fragments: distinct candidates")
     ap.add_argument("--child", choices=("atoms", "first_pass"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -69,11 +120,12 @@ def main():
     import torch
 
     print(f"torch threads={torch.get_num_threads()} candidates={args.candidates} "
+          f"library={args.library} "
           f"search={'quick ' + str(QUICK) if args.quick else 'default'}", flush=True)
     runs = {}
     for mode in ("atoms", "first_pass"):
         cmd = [sys.executable, __file__, "--child", mode, "--candidates", str(args.candidates),
-               "--top", str(args.top)] + (["--quick"] if args.quick else [])
+               "--top", str(args.top), "--library", args.library] + (["--quick"] if args.quick else [])
         run = subprocess.run(cmd, capture_output=True, text=True)
         line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
         if run.returncode or line is None:
