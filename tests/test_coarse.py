@@ -201,3 +201,18 @@ def test_local_fit_ignores_the_coarse_stage(daq):
     b = fit(dmap, [model], 5.0, local=True, n_iters=30, coarse_iters=20, check=False)
     np.testing.assert_array_equal(a.best(0).rotation, b.best(0).rotation)
     assert pose_error(b.best(0), np.eye(3), np.zeros(3), model)[1] < 1.0
+
+
+def test_the_memory_check_bounds_the_extra_levels(shared_data, daq):
+    """checks.fit_memory counts the coarse stage's extra pyramid levels from a bound that
+    skips the k-means; it must not be below what the fit then builds."""
+    from difffit.coarse import extra_levels_bound, prepare
+
+    dmap, model = daq
+    hb = split_chains(read_structure(data_file(shared_data, HB[1])))[:2]
+    for params in (FitParams(), FitParams(coarse_atoms=40), FitParams(smooth_sigma=0.5)):
+        structs = [model] + hb
+        actual = prepare(structs, params, dmap.voxel_size, "cpu").extra_levels
+        assert actual >= 1
+        assert actual <= extra_levels_bound(structs, params, dmap.voxel_size) <= actual + 3
+    assert extra_levels_bound([model], FitParams(coarse_iters=0), dmap.voxel_size) == 0

@@ -130,11 +130,14 @@ def check_memory(nbytes: float, what: str, fix: str = "") -> None:
                                 f"{_size(avail)} available" + (f"; {fix}" if fix else ""))
 
 
-def fit_memory(dmap, structures, params) -> Finding | None:
+def fit_memory(dmap, structures, params, extra_levels: int = 0) -> Finding | None:
     """The memory a fit takes (the map's pyramid and float64 copies, the recorded poses of
-    every start) against what is available."""
+    every start) against what is available. ``extra_levels``: the coarse stage's
+    (difffit.coarse.extra_levels_bound): its pyramid has that many more levels, and it
+    keeps one summed volume per level shift (at most extra + 1 of them)."""
     n_vox = float(np.prod(dmap.data.shape))
-    grid = n_vox * (4 * (params.n_levels + 4) + 3 * 8)
+    extra = int(extra_levels)
+    grid = n_vox * (4 * (params.n_levels + 4 + (2 * extra + 1 if extra else 0)) + 3 * 8)
     starts = float(len(structures)) * starts_per_structure(params)
     records = (params.n_iters // params.record_every + 2) * starts * 8 * 4
     try:
@@ -300,13 +303,14 @@ def _against_density(name, ext, rg, dens_ext, dens_rg, vs, threshold) -> Finding
 # ------------------------------------------------------------------ the workflows
 
 
-def before_search(dmap, structures, resolution: float, threshold: float, params
-                  ) -> list[Finding]:
-    """Every check that can be made before a fit: map, structures, memory."""
+def before_search(dmap, structures, resolution: float, threshold: float, params,
+                  extra_levels: int = 0) -> list[Finding]:
+    """Every check that can be made before a fit: map, structures, memory
+    (``extra_levels``: see :func:`fit_memory`)."""
     from .preprocess import remove_dust
 
     out = check_map(dmap, resolution, threshold)
-    mem = fit_memory(dmap, structures, params)
+    mem = fit_memory(dmap, structures, params, extra_levels)
     if mem is not None:
         out.append(mem)
     if any(f.level == "error" for f in out) or not structures:

@@ -22,17 +22,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .gmm_search import level_shift, search_points
+from .gmm_search import chain_pieces, level_shift, search_points
 from .metrics import ragged
 from .params import FitParams
 from .preprocess import Pyramid
 from .search import Batch, chunks, optimise
 from .structures import Structure
 
-__all__ = ["ATOM_STEPS", "CoarseStage", "coarse_steps", "prepare", "coarse_descent"]
+__all__ = ["ATOM_STEPS", "CoarseStage", "coarse_steps", "extra_levels_bound", "prepare",
+           "coarse_descent"]
 
 # The default leaves the atoms the last ATOM_STEPS steps of descents of at least
 # _AUTO_FROM steps: measured at 200 (benchmarks/bench_coarse.py: 150 coarse + 50 atom steps
@@ -51,6 +53,21 @@ def coarse_steps(params: FitParams) -> int:
     if params.coarse_iters is not None:
         return params.coarse_iters
     return params.n_iters - ATOM_STEPS if params.n_iters >= _AUTO_FROM else 0
+
+
+def extra_levels_bound(structs: list[Structure], params: FitParams, voxel) -> int:
+    """An upper bound on the pyramid levels the coarse stage adds, without its k-means:
+    the spread of the chain cut into pieces of ``coarse_atoms`` atoms (the k-means only
+    tightens it). 0 when the stage is off. For memory estimates."""
+    if not coarse_steps(params):
+        return 0
+    worst = 0.0
+    for s in structs:
+        xyz = s.fit_coords
+        mean, size = chain_pieces(xyz, max(1, min(len(xyz), round(len(xyz) / params.coarse_atoms))))
+        var = float(((xyz - np.repeat(mean, size, axis=0)) ** 2).sum() / (3 * len(xyz)))
+        worst = max(worst, var)
+    return level_shift(worst, voxel, params)
 
 
 @dataclass

@@ -33,7 +33,8 @@ from .search import Batch, chunks, optimise, refine_against_map
 from .starts import scanned_starts, spread_positions
 from .structures import Structure
 
-__all__ = ["CoarseHit", "search_points", "level_shift", "coarse_volume", "coarse_search"]
+__all__ = ["CoarseHit", "search_points", "chain_pieces", "level_shift", "coarse_volume",
+           "coarse_search"]
 
 _CLUSTERED = 64   # best starts of each structure clustered into distinct poses
 
@@ -64,14 +65,20 @@ def search_points(structure: Structure, atoms_per_point: float, min_points: int 
     xyz = structure.fit_coords
     c0 = xyz.mean(0)
     n = int(min(len(xyz), max(min_points, math.ceil(len(xyz) / atoms_per_point))))
-    size = np.full(n, len(xyz) // n)
-    size[:len(xyz) % n] += 1                                  # n pieces, as np.array_split
-    init = np.add.reduceat(xyz, np.cumsum(size) - size, axis=0) / size[:, None]
+    init, _ = chain_pieces(xyz, n)
     centres, labels = kmeans(xyz, n, None, iters=3, seed=seed, init=init)
     count = np.bincount(labels, minlength=n).astype(np.float64)
     var = float(((xyz - centres[labels]) ** 2).sum() / (3 * len(xyz)))
     reps = np.maximum(np.rint(count / count.mean()), 1).astype(int)
     return np.repeat(centres, reps, axis=0) - c0, var
+
+
+def chain_pieces(xyz: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The atoms [P, 3] cut in file order into n pieces of near-equal size (as
+    np.array_split): their means [n, 3] and sizes [n]."""
+    size = np.full(n, len(xyz) // n)
+    size[:len(xyz) % n] += 1
+    return np.add.reduceat(xyz, np.cumsum(size) - size, axis=0) / size[:, None], size
 
 
 def level_shift(var: float, voxel, params: FitParams) -> int:

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from ..coarse import CoarseStage, coarse_descent, coarse_steps, prepare as coarse_prepare
+from ..coarse import (CoarseStage, coarse_descent, coarse_steps, extra_levels_bound,
+                      prepare as coarse_prepare)
 from ..checks import after_search, before_search, report
 from ..cluster import cluster_poses
 from ..copies import select_copies, significance
@@ -382,7 +383,8 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
     search_map = restrict_map(dmap, params, structs, threshold)
     t_cut = time.perf_counter() - t0
     if check:
-        report(before_search(dmap, structs, resolution, threshold, params))
+        report(before_search(dmap, structs, resolution, threshold, params,
+                             extra_levels_bound(structs, params, dmap.voxel_size)))
     timings = {}
     t0 = time.perf_counter() - t_cut
     su = _setup(search_map, structs, params, resolution, threshold)
