@@ -4,6 +4,7 @@ first pass; the CLI."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import zlib
 
 import numpy as np
@@ -166,6 +167,23 @@ def test_first_pass_keeps_the_top_and_its_scores(shared_data, tmp_path):
     assert fp["best_screened_estimate"] + fp["gain_bound"] < fp["top_full_score"]
     assert all(math.isnan(c.score) for c in fast.candidates[fp["fitted"]:])
     assert not any(b["from_checkpoint"] for b in fast.batches)  # all fitted in this run
+    assert [c.screened for c in fast.candidates] == [False] * fp["fitted"] + [True] * fp["screened_out"]
+    assert "* screened out by the first pass" in fast.summary_table()
+    assert {r["fit"] for r in fast.rows()} == {"full", "first pass only"}
+
+
+def test_cli_first_pass_with_k_above_the_library(shared_data, tmp_path, capsys):
+    """--first-pass K larger than the library: everything is fitted, said plainly."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for f in (PACRG, DECOY):
+        src = data_file(shared_data, f)
+        (lib / Path(src).name).symlink_to(src)
+    code = main(["identify", str(data_file(shared_data, f"{DEMO}/density2.mrc")), "--library",
+                 str(lib), "-r", "4", "-t", "0.886", "--first-pass", "4", "--rotations", "8",
+                 "--positions", "4", "--iterations", "40", "-o", str(tmp_path / "out")])
+    assert code == 0
+    assert "first pass: all 2 candidates fitted fully" in capsys.readouterr().out
 
 
 def test_cli_gmm(shared_data, tmp_path, capsys):

@@ -26,6 +26,7 @@ overlap, correlation and correlation about the mean.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -77,15 +78,24 @@ class Metrics:
         self.level0 = level0.to(device=device, dtype=dt).unsqueeze(-1).contiguous()
         self.level0_frame = (list(pyr_origin), list(pyr_voxel))
         self.level = _at_or_above(threshold)
-        sim_pts, sim_val, atom_pts, atom_val = [], [], [], []
-        for s, c in zip(structures, centroids):
+
+        def simulated(s: Structure, c: np.ndarray) -> tuple:
             xyz, z = _simulated_atoms(s)
             p, v = _envelope(simulator, xyz, z, resolution, target, principal_frame(xyz, c))
-            sim_pts.append(p - c)
-            sim_val.append(v)
-            if atom_metrics:
-                atom_pts.append(xyz - c)
-                atom_val.append(sample_simulated(xyz, z, resolution))
+            if not atom_metrics:
+                return p - c, v, None, None
+            return p - c, v, xyz - c, sample_simulated(xyz, z, resolution)
+
+        # Much of a molmap envelope is single-threaded numpy that releases the GIL: the
+        # structures in threads use every core (each result is the same as in series).
+        workers = torch.get_num_threads() if simulator is None and len(structures) > 1 else 1
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                rows = list(pool.map(simulated, structures, centroids))
+        else:
+            rows = [simulated(s, c) for s, c in zip(structures, centroids)]
+        sim_pts, sim_val, atom_pts, atom_val = ([list(col) for col in zip(*rows)] if rows
+                                                else ([], [], [], []))
         self.sim_pts, self.sim_off = ragged(sim_pts, device, torch.float32)
         self.sim_val = torch.from_numpy(np.concatenate(sim_val)).to(device, torch.float32)
         if atom_metrics:

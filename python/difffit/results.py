@@ -345,6 +345,9 @@ class Candidate(Pose):
             translation, centre, metrics), best first.
         cluster_scores: mean, std and count of the ``rank_by`` metric over its clusters.
         rank: 1-based rank in the library.
+        screened: left out by identify's first pass: no full fit, no score; its pose and
+            metrics are the first pass's coarse estimate (it ranks after every fitted
+            candidate, by that estimate).
 
     ``score`` is the size-fair ranking score (:class:`difffit.IdentifyParams`).
     """
@@ -360,6 +363,7 @@ class Candidate(Pose):
     placements: list[dict] = field(default_factory=list)
     cluster_scores: dict[str, float] = field(default_factory=dict)
     rank: int = 0
+    screened: bool = False
 
     @property
     def structure_index(self) -> int:
@@ -376,7 +380,8 @@ class Candidate(Pose):
                 "zscore": self.zscore, "hits": self.hits, "n_clusters": self.n_clusters,
                 "n_atoms": self.n_atoms, "n_fit_atoms": self.n_fit_atoms,
                 **{k: self.metrics.get(k, float("nan")) for k in METRICS},
-                **self.pose_columns(), "batch": self.batch, "file": self.source}
+                **self.pose_columns(), "batch": self.batch,
+                "fit": "first pass only" if self.screened else "full", "file": self.source}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Candidate":
@@ -465,12 +470,18 @@ class IdentifyResult(_Placements):
 
     def summary_table(self, top: int = 10) -> str:
         """A short ranked text table of the best ``top`` candidates (no trailing newline)."""
-        lines = [(str(c.rank), c.name, str(c.n_atoms), f"{c.score:.3f}", f"{c.zscore:.2f}",
-                  str(c.hits), f"{c.metric('correlation'):.3f}",
-                  f"{c.metric('inside_fraction'):.2f}", fmt_centre(c.centre))
-                 for c in self.candidates[: max(int(top), 0)]]
+        shown = self.candidates[: max(int(top), 0)]
+        lines = [(str(c.rank), c.name + (" *" if c.screened else ""), str(c.n_atoms),
+                  "-" if c.screened else f"{c.score:.3f}", "-" if c.screened else f"{c.zscore:.2f}",
+                  "-" if c.screened else str(c.hits), f"{c.metric('correlation'):.3f}",
+                  f"{c.metric('inside_fraction'):.2f}", fmt_centre(c.centre)) for c in shown]
         text = text_table(("rank", "candidate", "atoms", self.score, "z", "hits", "corr",
                            "inside", "centre (x, y, z) A"), lines, left=(1,))
         if len(self.candidates) > len(lines):
             text.append(f"... {len(self.candidates) - len(lines)} more in ranking.csv")
+        n_screened = sum(c.screened for c in self.candidates)
+        if n_screened:
+            text.append(f"* screened out by the first pass ({n_screened} in all): not fitted fully; "
+                        f"corr, inside and centre are its coarse estimate (ranking.csv: "
+                        f"fit = first pass only)")
         return "\n".join(text)

@@ -82,6 +82,7 @@ def _dask_client(args):
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..workflows.identify import identify
+    from ..workflows.prescreen import first_pass_line
     from ..maps import read_map
     from ..report import identify_report
     from ..runs import check_outdir
@@ -132,13 +133,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                  if result.skipped else ""))
         fp = getattr(result, "first_pass", None)
         if fp:
-            checked = fp.get("checked") or []
-            print(f"first pass: {fp['fitted']} of {len(result.candidates)} candidates fitted "
-                  f"fully (could reach the top {fp['top']}: estimate + {fp['gain_bound']:.3f} "
-                  f">= {fp['top_full_score']:.3f}"
-                  + (f"; the {len(checked)} best screened out, fitted as a check, gained at "
-                     f"most {max(c['gain'] for c in checked):+.3f}" if checked else "")
-                  + "); the rest ranked after them, unscored")
+            print(first_pass_line(fp, len(result.candidates),
+                                  {c.index: c.name for c in result.candidates}))
     print(f"results written to {outdir}/ (ranking.csv, models/, identify_log.txt"
           + (", report.html" if args.report else "") + ")")
     return 0

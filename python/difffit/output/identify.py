@@ -43,8 +43,10 @@ class RunLog:
             f"resolution: {resolution:g} A",
             f"threshold (contour level): {threshold:.6g}",
             f"score: {score}",
-            f"library: {n_candidates} structures in {n_batches} batches of at most "
-            f"{batch_atoms} fitted atoms",
+            f"library: {n_candidates} structures in "
+            + (f"{n_batches} batches" if n_batches is not None else
+               "batches chosen by the first pass (below)")
+            + f" of at most {batch_atoms} fitted atoms",
         ]
         if skipped:
             self.head.append(f"skipped {len(skipped)} unreadable file(s):")

@@ -23,7 +23,7 @@ import math
 import numbers
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gemmi
 import numpy as np
@@ -410,7 +410,9 @@ def fit(target, structures, resolution: float, threshold: float | None = None,
     timings["total"] = time.perf_counter() - t_start
     traj = {k: v.cpu().numpy() for k, v in se.rec.items()}
     traj["mol_idx"] = su.mol_idx.cpu().numpy()
-    result = FitResult(placements=placements, structures=structs, map=dmap, params=params,
+    # The result records the coarse steps used (None means "by the rule": say which).
+    used = replace(params, coarse_iters=coarse_steps(params))
+    result = FitResult(placements=placements, structures=structs, map=dmap, params=used,
                        resolution=resolution, threshold=su.threshold, timings=timings,
                        trajectory=traj, ambiguous=ambiguous, notes=notes)
     if source is not None:

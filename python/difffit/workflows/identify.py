@@ -65,7 +65,7 @@ from ..params import METRICS, FitParams, IdentifyParams, resolve
 from ..results import Candidate, IdentifyResult
 from ..runs import RunFolder, check_outdir, key_hash, map_fingerprint
 from ..structures import Structure, read_structure
-from .prescreen import first_pass, run_rounds, screened_evidence
+from .prescreen import first_pass, first_pass_line, run_rounds, screened_evidence
 
 __all__ = ["identify"]
 
@@ -251,7 +251,7 @@ def identify(target, library, resolution: float, threshold: float | None = None,
                  "params": asdict(fparams), "score": score, "selection": selection}
     pending = [b for b in range(len(plan)) if b not in done]
     log = RunLog(outdir, command, dmap, resolution, threshold, fparams, score, batch_atoms,
-                  len(entries), len(plan), skipped)
+                  len(entries), None if settings.first_pass else len(plan), skipped)
     for b in sorted(done):
         log.batch(done[b], from_checkpoint=True)
 
@@ -308,8 +308,10 @@ def identify(target, library, resolution: float, threshold: float | None = None,
     # Rank: score (NaN last), then library order, so ties and reruns rank alike.
     cands = [Candidate.from_dict(c) for b in sorted(done) for c in done[b]["candidates"]]
     cands += [Candidate.from_dict(c) for c in screened]  # no score: ranked after the fitted
+    # The screened-out after the fitted, by their first-pass estimate.
+    estimate = {c["index"]: c["first_pass_estimate"] for c in screened}
     cands.sort(key=lambda c: (not math.isfinite(c.score), -c.score if math.isfinite(c.score) else 0.0,
-                              c.index))
+                              -_number_or(estimate.get(c.index), -math.inf), c.index))
     for r, c in enumerate(cands, 1):
         c.rank = r
     batches = [{"batch": b, "indices": done[b]["indices"],
@@ -327,12 +329,18 @@ def identify(target, library, resolution: float, threshold: float | None = None,
     result.first_pass = first
     if first is not None:
         result.timings["first_pass"] = first["seconds_first_pass"]
+        log.lines.append(first_pass_line(first, len(entries), {e.index: e.name for e in entries}))
+        log.write()
     if outdir is not None:
         write_identify_outputs(result, outdir, top=top, model_format=model_format,
                                command=command, log=log)
     return result
 
 
+
+
+def _number_or(x, default: float) -> float:
+    return float(x) if x is not None and math.isfinite(float(x)) else default
 
 
 def _with_first_pass(dmap, entries, plan: list, resolution: float, threshold: float,

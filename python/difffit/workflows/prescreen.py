@@ -37,7 +37,8 @@ from ..params import FitParams, IdentifyParams
 from ..rotations import quat_to_matrix
 from ..structures import Structure, read_structure
 
-__all__ = ["first_pass", "initial_keep", "widen", "screened_evidence", "run_rounds"]
+__all__ = ["first_pass", "initial_keep", "widen", "screened_evidence", "run_rounds",
+           "first_pass_line"]
 
 _POLISH = 20   # atom steps of each kept coarse pose before its refinement
 
@@ -123,7 +124,7 @@ def screened_evidence(entry: Entry, e: dict, score: str) -> dict:
             "n_atoms": entry.n_atoms, "n_fit_atoms": entry.n_fit_atoms, "batch": -1,
             "n_clusters": 0, "cluster_scores": {}, "score": None, "zscore": None, "hits": 0,
             "metrics": e["metrics"], "rotation": R, "translation": t, "centre": centre,
-            "placements": [], "first_pass_estimate": e["estimate"]}
+            "placements": [], "first_pass_estimate": e["estimate"], "screened": True}
 
 
 def run_rounds(est: dict[int, dict], top: int, margin: float, check: int,
@@ -164,3 +165,21 @@ def run_rounds(est: dict[int, dict], top: int, margin: float, check: int,
             "top_full_score": float(s_k) if math.isfinite(s_k) else None,
             "best_screened_estimate": float(max(unfitted)) if unfitted else None,
             "seconds_full": time.perf_counter() - t0}
+
+
+def first_pass_line(record: dict, n_candidates: int, names: dict[int, str] | None = None) -> str:
+    """One line on what the first pass did (the CLI's and the log's)."""
+    fitted, top = record["fitted"], record["top"]
+    if record["screened_out"] == 0:
+        return (f"first pass: all {n_candidates} candidates fitted fully (the top {top} and "
+                f"the check leave nothing to screen out)")
+    checked = record.get("checked") or []
+    what = ", ".join(f"{(names or {}).get(c['index'], '#%d' % (c['index'] + 1))} "
+                     f"{c['estimate']:.3f} -> {c['full']:.3f}" for c in checked)
+    return (f"first pass: {fitted} of {n_candidates} candidates fitted fully in rounds "
+            f"{record['rounds']} (could reach the top {top}: estimate + "
+            f"{record['gain_bound']:.4f} >= {record['top_full_score']:.4f}, the largest gain "
+            f"seen {record['max_gain'] or 0.0:+.4f})"
+            + (f"; checked (the best screened out, fitted): {what}" if checked else "")
+            + f"; the other {record['screened_out']} ranked after them by their estimate, "
+              f"not fitted fully")
