@@ -26,7 +26,6 @@ overlap, correlation and correlation about the mean.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -86,14 +85,7 @@ class Metrics:
                 return p - c, v, None, None
             return p - c, v, xyz - c, sample_simulated(xyz, z, resolution)
 
-        # Much of a molmap envelope is single-threaded numpy that releases the GIL: the
-        # structures in threads use every core (each result is the same as in series).
-        workers = torch.get_num_threads() if simulator is None and len(structures) > 1 else 1
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                rows = list(pool.map(simulated, structures, centroids))
-        else:
-            rows = [simulated(s, c) for s, c in zip(structures, centroids)]
+        rows = [simulated(s, c) for s, c in zip(structures, centroids)]
         sim_pts, sim_val, atom_pts, atom_val = ([list(col) for col in zip(*rows)] if rows
                                                 else ([], [], [], []))
         self.sim_pts, self.sim_off = ragged(sim_pts, device, torch.float32)
