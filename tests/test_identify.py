@@ -3,6 +3,8 @@
 bounded batches, checkpoint and resume, run the batches on a Dask cluster, and the CLI."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import csv
 import json
 import zlib
@@ -166,6 +168,15 @@ def test_bad_library_file_is_a_clear_error_or_skipped(shared_data, tmp_path):
     empty.mkdir()
     with pytest.raises(DifffitInputError, match="holds no PDB/mmCIF"):
         library_files(empty)
+    # A dangling link in a library folder is an unreadable file, named, not skipped silently.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / Path(good).name).symlink_to(good)
+    (folder / "gone.pdb").symlink_to(tmp_path / "deleted.pdb")
+    assert [Path(f).name for f in library_files(folder)] == [Path(good).name, "gone.pdb"]
+    with pytest.raises(DifffitInputError, match="gone.pdb.*skip"):
+        identify(_map(shared_data), folder, RES, CONTOUR, n_rotations=2, n_positions=1,
+                 n_iters=2)
 
     res = identify(_map(shared_data), [good, bad], RES, CONTOUR, skip_bad=True, n_rotations=2,
                    n_positions=1, n_iters=2, refine=False)

@@ -55,7 +55,10 @@ def library_files(library) -> list[str | Structure]:
             continue
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and _is_structure_file(f))
+            # A dangling link is listed too: reading it then fails, naming it (or
+            # --skip-bad leaves it out, logged), instead of vanishing silently.
+            found = sorted(f for f in p.iterdir() if _is_structure_file(f)
+                           and (f.is_file() or (f.is_symlink() and not f.exists())))
             if not found:
                 raise DifffitInputError(f"{p}: library folder holds no PDB/mmCIF files "
                                         f"({', '.join(_STRUCTURE_SUFFIXES)}, optionally .gz)")

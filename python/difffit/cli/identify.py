@@ -100,6 +100,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     overrides = {**search_overrides(args), "device": args.device}
     if args.first_pass is not None:
         overrides.update(first_pass=True, first_pass_top=args.first_pass)
+    if args.first_pass is not None and (args.dask_scheduler or args.dask_local):
+        raise DifffitInputError("--first-pass does not combine with --dask-scheduler or "
+                                "--dask-local yet: its batches are decided as the run goes")
     command = command_line(argv)
     dmap = read_map(map_path, voxel_size=args.voxel_size)  # a bad map fails before Dask starts
     client, cluster = _dask_client(args)
