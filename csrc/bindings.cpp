@@ -2,9 +2,11 @@
 // sizes and (for CUDA) the stream as integers, after checking dtypes, devices, shapes and
 // contiguity itself (python/difffit/ops.py). Here we only check what a wrong call could
 // turn into a crash: null pointers and non-positive sizes.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <stdexcept>
@@ -173,6 +175,53 @@ void splat(int device, uintptr_t points, uintptr_t amplitudes, int64_t n_points,
   run_on_device(device, a, stream);
 }
 
+// CPU only. Returns (world coordinates [K, 3] float64, values [K], counts [n_mol] int64),
+// the structures' envelopes one after another.
+template <typename T>
+py::tuple envelopes(uintptr_t points, uintptr_t amplitudes, uintptr_t offsets, int64_t n_mol,
+                    uintptr_t grids, uintptr_t frames, double sigma, double cutoff,
+                    double fraction) {
+  require(sigma > 0, "sigma must be positive");
+  require(cutoff > 0, "cutoff must be positive");
+  require(n_mol >= 0, "n_mol must not be negative");
+  EnvelopeArgs<T> a;
+  a.offsets = cptr<int64_t>(offsets, "offsets");
+  a.grids = cptr<double>(grids, "grids");
+  a.frames = cptr<double>(frames, "frames");
+  for (int64_t m = 0; m < n_mol; ++m) {
+    const double* g = a.grids + 7 * m;
+    require(g[3] > 0 && g[4] >= 1 && g[5] >= 1 && g[6] >= 1, "envelope grid must be positive");
+    require(a.offsets[m + 1] >= a.offsets[m], "offsets must not decrease");
+  }
+  const bool any = n_mol > 0 && a.offsets[n_mol] > 0;  // empty tensors may have null data
+  a.points = any ? cptr<T>(points, "points") : nullptr;
+  a.amplitudes = any ? cptr<T>(amplitudes, "amplitudes") : nullptr;
+  a.n_mol = n_mol;
+  a.sigma = T(sigma);
+  a.cutoff = T(cutoff);
+  a.fraction = fraction;
+  std::vector<std::vector<double>> coords;
+  std::vector<std::vector<T>> value;
+  {
+    py::gil_scoped_release nogil;
+    envelopes_cpu(a, coords, value);
+  }
+  py::ssize_t total = 0;
+  for (const auto& v : value) total += py::ssize_t(v.size());
+  py::array_t<double> xyz({total, py::ssize_t(3)});
+  py::array_t<T> val(total);
+  py::array_t<int64_t> counts(n_mol);
+  double* xp = xyz.mutable_data();
+  T* vp = val.mutable_data();
+  int64_t* cp = counts.mutable_data();
+  for (int64_t m = 0; m < n_mol; ++m) {
+    cp[m] = int64_t(value[m].size());
+    xp = std::copy(coords[m].begin(), coords[m].end(), xp);
+    vp = std::copy(value[m].begin(), value[m].end(), vp);
+  }
+  return py::make_tuple(xyz, val, counts);
+}
+
 py::dict build_info() {
   py::dict d;
 #ifdef DIFFFIT_WITH_CUDA
@@ -220,4 +269,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("stats_f64", &stats<double>);
   m.def("splat_f32", &splat<float>);
   m.def("splat_f64", &splat<double>);
+  m.def("envelopes_f32", &envelopes<float>);
+  m.def("envelopes_f64", &envelopes<double>);
 }

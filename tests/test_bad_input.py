@@ -411,6 +411,13 @@ PY_ROWS = [
     PyRow("write_structure_of_a_string",
           lambda i: difffit.write_structure(i.tmp / "x.cif", "model.pdb"), DifffitInputError,
           r"structure must be a difffit Structure .*got str"),
+    PyRow("composite_with_a_map_as_model",
+          lambda i: difffit.composite(i["demo_map"], [i["pacrg"], i["daq_map"]], 4.0),
+          DifffitInputError, r"2566_3J6B_9.mrc(.gz)?: a map \(MRC/CCP4\), where an atomic model "
+          r"\(PDB/mmCIF\) is expected; a map is placed into a map only by difffit.fit"),
+    PyRow("identify_with_a_map_in_the_library",
+          lambda i: difffit.identify(i["demo_map"], [i["pacrg"], i["daq_map"]], 4.0),
+          DifffitInputError, r"2566_3J6B_9.mrc(.gz)?: a map \(MRC/CCP4\), where an atomic model"),
     PyRow("molmap_of_a_string", lambda i: __import__("difffit.simulate").simulate.molmap("m.pdb", 4.0),
           DifffitInputError, r"molmap: structure must be a difffit Structure"),
     PyRow("min_score_a_string", lambda i: difffit.AcceptRules(min_score="a"),

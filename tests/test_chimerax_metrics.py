@@ -93,3 +93,31 @@ def test_many_placement_metrics_are_close_to_chimerax_and_frame_free(shared_data
         b = np.array([12.0, -7.0, 30.0])
         again = _approximate(dmap, s.transformed(A, b), R @ A.T, t - R @ A.T @ b, row)
         assert again["cam"].item() == pytest.approx(got["cam"].item(), abs=1e-4), what
+
+
+def test_batched_envelopes_match_the_one_structure_reference(shared_data):
+    """The compiled envelopes of many structures at once (Metrics' set-up) are molmap's
+    envelope of each (simulate.molmap_envelope, numpy): the same grid points, the same
+    values, in the world frame and in each structure's principal frame, at several
+    resolutions."""
+    from difffit.simulate import molmap_envelope, molmap_envelopes, principal_frame
+    from difffit.structures import simulation_mask
+
+    models = sorted({(r["model"], r["chain"]) for r in _rows(shared_data)})
+    atoms = []
+    for model, chain in models:
+        s = read_structure(data_file(shared_data, model), selection="all", chains=chain)
+        sel = simulation_mask(s)
+        atoms.append((s.coords[sel], s.atomic_numbers[sel]))
+    frames = [principal_frame(x, x.mean(0)) for x, _ in atoms]
+    for resolution in (3.0, 6.0, 12.0):
+        for fr in (None, frames):
+            pts, val, counts = molmap_envelopes(atoms, resolution, fr)
+            assert counts.sum() == len(pts) == len(val)
+            cut = np.cumsum(counts)[:-1]
+            for k, (p, v) in enumerate(zip(np.split(pts, cut), np.split(val, cut))):
+                rp, rv = molmap_envelope(*atoms[k], resolution,
+                                         frame=None if fr is None else fr[k])
+                assert p.shape == rp.shape, (models[k], resolution)
+                np.testing.assert_allclose(p, rp, rtol=0, atol=1e-9)
+                np.testing.assert_allclose(v, rv, rtol=1e-6, atol=0)

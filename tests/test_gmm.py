@@ -199,3 +199,45 @@ def test_cli_gmm(shared_data, tmp_path, capsys):
                  "-r", "6", "-o", str(mp), "--iterations", "5"]) == 0
     assert gmm.read_mixture(mp).source == "map"
     assert "correlation with the map" in capsys.readouterr().out
+
+
+def test_cli_coarsen_names_files_by_k_and_says_what_they_hold(shared_data, tmp_path, capsys):
+    """--coarsen K: FILE_K holds K Gaussians whatever the order of the Ks (each split from
+    the next finer one); a K above the mixture's size keeps its promised name, and the
+    warning and the summary say how many it holds."""
+    out = tmp_path / "pacrg.json"
+    assert main(["gmm", str(data_file(shared_data, PACRG)), "-r", "6", "-o", str(out),
+                 "--coarsen", "10", "5000", "30"]) == 0
+    n = len(gmm.read_mixture(out))  # the nearest-neighbour rule at 6 A: 82
+    assert 30 < n < 5000
+    sizes = {k: len(gmm.read_mixture(tmp_path / f"pacrg_{k}.json")) for k in (10, 30, 5000)}
+    assert sizes == {10: 10, 30: 30, 5000: n}
+    captured = capsys.readouterr()
+    assert (f"warning: --coarsen 5000: the mixture has only {n} Gaussians, so "
+            f"pacrg_5000.json holds those {n}") in captured.err
+    assert f"pacrg_5000.json ({n} Gaussians)" in captured.out
+    assert "pacrg_10.json (10 Gaussians)" in captured.out
+
+
+def test_a_failed_mixture_write_leaves_no_file_behind(shared_data, tmp_path, capsys):
+    """Haemoglobin's mixture coarsened to one Gaussian is too wide for the PDB B column:
+    the CLI refuses it naming the file, and writes neither it nor the finer mixture."""
+    hb = str(data_file(shared_data, "hemoglobin_emd3488_5ni1/5ni1_updated.cif"))
+    out = tmp_path / "hb.pdb"
+    assert main(["gmm", hb, "-r", "6", "-o", str(out), "--coarsen", "30", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "hb_1.pdb: Gaussian 1 of 1 does not fit PDB columns" in err and ".json" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no file, no temporary
+    # The Python API: every path and text is checked before any file is written.
+    mix = gmm.from_structure(read_structure(hb), 6.0)
+    one = gmm.coarsen(mix, 1)
+    with pytest.raises(DifffitInputError, match="hb_1.pdb: Gaussian 1 of 1"):
+        gmm.write_mixtures([(mix, out), (one, tmp_path / "hb_1.pdb")])
+    with pytest.raises(DifffitInputError, match="missing/hb.json: folder"):
+        gmm.write_mixtures([(mix, out), (mix, tmp_path / "missing" / "hb.json")])
+    (tmp_path / "taken.json").mkdir()  # a folder in the second file's place
+    with pytest.raises(DifffitInputError, match="taken.json: a folder"):
+        gmm.write_mixtures([(mix, out), (mix, tmp_path / "taken.json")], force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.json"]
+    written = gmm.write_mixtures([(mix, out), (one, tmp_path / "hb_1.json")])
+    assert [len(gmm.read_mixture(p)) for p in written] == [len(mix), 1]

@@ -185,6 +185,32 @@ def test_bad_library_file_is_a_clear_error_or_skipped(shared_data, tmp_path):
     assert "cannot read" in res.skipped[0][1] or "no atoms" in res.skipped[0][1]
 
 
+def test_skip_bad_log_names_each_file_once_with_its_reason(shared_data, tmp_path, capsys):
+    """--skip-bad: identify_log.txt lists each skipped file once, then why (gemmi's own
+    message names the file again: that copy is left out)."""
+    bad = tmp_path / "broken.pdb"
+    bad.write_text("this is not a structure\n")
+    garbled = tmp_path / "garbled.cif"
+    garbled.write_text("loop_\n_atom_site.id\n")
+    good = data_file(shared_data, "phage_emd4054_5lij/5lij.pdb")
+    out = tmp_path / "out"
+    assert main(["identify", str(_map(shared_data)), "-r", str(RES), "-t", str(CONTOUR),
+                 "--library", str(good), str(bad), str(garbled), "--skip-bad", "-o", str(out),
+                 "--rotations", "2", "--positions", "1", "--iterations", "2", "--no-refine",
+                 "-q"]) == 0
+    log = (out / "identify_log.txt").read_text()
+    lines = [line for line in log.splitlines() if not line.startswith("command:")
+             and ("broken.pdb" in line or "garbled.cif" in line)]
+    assert len(lines) == 2, log
+    for line, name in zip(lines, ("broken.pdb", "garbled.cif")):
+        assert line.count(name) == 1 and line.strip().startswith(str(tmp_path / name) + ": "), line
+    assert lines[0].strip().endswith(": no atoms found; is it a PDB or mmCIF file?")
+    assert "cannot read as a PDB/mmCIF structure: line " in lines[1], lines[1]
+    skipped = json.loads((out / "ranking.json").read_text())["skipped"]
+    assert [Path(s["file"]).name for s in skipped] == ["broken.pdb", "garbled.cif"]
+    assert not any(str(tmp_path) in s["reason"] for s in skipped)
+
+
 @pytest.mark.slow
 def test_dask_two_workers_give_the_same_ranking(shared_data, small_library, reference):
     distributed = pytest.importorskip("distributed", reason="dask[distributed] not installed")

@@ -235,6 +235,12 @@ def test_splat_matches_reference_and_molmap_integral():
     args = (pts, amp, 1.2, 3.0, (14, 15, 16), (0.5, 0.0, -0.5), (1.0, 0.95, 1.05))
     got = ops.splat(*args)
     torch.testing.assert_close(ops.splat(*args), got, rtol=0, atol=0)  # bitwise reproducible
+    threads = torch.get_num_threads()
+    try:  # each voxel sums its atoms in input order, however the planes are shared out
+        torch.set_num_threads(1)
+        torch.testing.assert_close(ops.splat(*args), got, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
     # The kernel agrees with a numpy float64 molmap to 1e-14 every time; torch's float64 exp
     # in the reference was off by up to 3e-9 (relative) in about 1 run in 25 of this file
     # (seen 2026-11-30, torch 2.13.0 CPU), hence rtol 1e-7: a wrong sigma, cutoff, frame or

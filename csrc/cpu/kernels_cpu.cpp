@@ -9,6 +9,10 @@
 
 #include "difffit/kernels.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 // Compiled twice (see CMakeLists.txt): once for the baseline instruction set and once with
 // AVX2 + FMA, each in its own namespace; csrc/cpu/dispatch.cpp picks one at run time.
 #ifndef DIFFFIT_CPU_NS
@@ -315,36 +319,81 @@ void stats_cpu(const StatsArgs<T>& a) {
   for (int64_t i = 0; i < P; ++i) stats_placement(a, order[i]);
 }
 
-// Splatting scatters into shared voxels. Instead of atomics, each thread owns a slab of z
-// planes and visits every atom that reaches into its slab: writes never collide, and the
-// result is bitwise reproducible (each voxel sums its atoms in input order).
+// Splatting scatters into shared voxels. Instead of atomics, each thread owns slabs of z
+// planes and visits every atom that reaches into them: writes never collide, and the
+// result is bitwise reproducible (each voxel sums its atoms in input order, whatever the
+// slabs). Atoms go in chunks: first each atom's voxel ranges and its Gaussian factors along
+// x and y (parallel over atoms), then the slabs, each voxel a product of its factors.
 template <typename T>
 void splat_cpu(const SplatArgs<T>& args) {
   // A local copy: stores into the grid cannot alias it, so its fields stay in registers.
   const SplatArgs<T> a = args;
   const SplatGaussian<T> gauss(a.sigma, a.cutoff);
   const int64_t nx = a.nx, nxy = int64_t(a.nx) * a.ny;
-#pragma omp parallel for schedule(static)
-  for (int z = 0; z < a.nz; ++z) {
-    for (int64_t i = 0; i < a.n_points; ++i) {
-      const T* p = a.points + 3 * i;
-      const T dz = splat_delta(a.oz, z, a.vz, p[2]);
-      // Early exits only: r2 = dx^2 + dyz >= dyz >= dz^2, so gauss.value would reject
-      // every voxel of a skipped plane or row.
-      if (dz * dz > gauss.r2max) continue;
-      int x_lo, x_hi, y_lo, y_hi;
-      splat_range(p[0], a.ox, a.vx, gauss.radius, a.nx, x_lo, x_hi);
-      splat_range(p[1], a.oy, a.vy, gauss.radius, a.ny, y_lo, y_hi);
-      const T amp = a.amplitudes[i];
-      for (int y = y_lo; y <= y_hi; ++y) {
-        const T dy = splat_delta(a.oy, y, a.vy, p[1]);
-        const T dyz = dy * dy + dz * dz;
-        if (dyz > gauss.r2max) continue;
-        T* row = a.grid + z * nxy + y * nx;
-        for (int x = x_lo; x <= x_hi; ++x) {
-          const T dx = splat_delta(a.ox, x, a.vx, p[0]);
-          T val;
-          if (gauss.value(amp, dx * dx + dyz, val)) row[x] += val;
+  // Widest range splat_range can give along an axis (floor(2 radius / voxel) + 1 voxels).
+  const int64_t wx = std::min<int64_t>(a.nx, int64_t(std::floor(2 * gauss.radius / a.vx)) + 2);
+  const int64_t wy = std::min<int64_t>(a.ny, int64_t(std::floor(2 * gauss.radius / a.vy)) + 2);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(16384, (int64_t(1) << 22) / (wx + wy)));
+  // A few slabs per thread balance the load; an atom is looked at once per slab instead of
+  // once per plane.
+  int threads = 1;
+#ifdef _OPENMP
+  if (!omp_in_parallel()) threads = omp_get_max_threads();
+#endif
+  const int slabs = std::max(1, std::min(a.nz, 4 * threads));
+  std::vector<int> lo(3 * chunk), hi(3 * chunk);
+  std::vector<T> fx(chunk * wx), dx2(chunk * wx), fy(chunk * wy);
+  for (int64_t c0 = 0; c0 < a.n_points; c0 += chunk) {
+    const int64_t n = std::min(chunk, a.n_points - c0);
+#pragma omp parallel for schedule(static) if (threads > 1)
+    for (int64_t j = 0; j < n; ++j) {
+      const T* p = a.points + 3 * (c0 + j);
+      int* l = lo.data() + 3 * j;
+      int* h = hi.data() + 3 * j;
+      splat_range(p[0], a.ox, a.vx, gauss.radius, a.nx, l[0], h[0]);
+      splat_range(p[1], a.oy, a.vy, gauss.radius, a.ny, l[1], h[1]);
+      // Planes one wider each side: the dz test below decides, whatever the rounding.
+      splat_range(p[2], a.oz, a.vz, gauss.radius, a.nz, l[2], h[2]);
+      l[2] = std::max(l[2] - 1, 0);
+      h[2] = std::min(h[2] + 1, a.nz - 1);
+      for (int x = l[0]; x <= h[0]; ++x) {
+        const T dx = splat_delta(a.ox, x, a.vx, p[0]);
+        dx2[j * wx + (x - l[0])] = dx * dx;
+        fx[j * wx + (x - l[0])] = gauss.factor(dx);
+      }
+      for (int y = l[1]; y <= h[1]; ++y)
+        fy[j * wy + (y - l[1])] = gauss.factor(splat_delta(a.oy, y, a.vy, p[1]));
+    }
+#pragma omp parallel for schedule(dynamic, 1) if (threads > 1)
+    for (int slab = 0; slab < slabs; ++slab) {
+      const int z0 = int(int64_t(slab) * a.nz / slabs), z1 = int(int64_t(slab + 1) * a.nz / slabs);
+      for (int64_t j = 0; j < n; ++j) {
+        const int* l = lo.data() + 3 * j;
+        const int* h = hi.data() + 3 * j;
+        const int zb = std::max(l[2], z0), ze = std::min(h[2] + 1, z1);
+        if (zb >= ze || l[0] > h[0] || l[1] > h[1]) continue;
+        const T* p = a.points + 3 * (c0 + j);
+        const T amp = a.amplitudes[c0 + j];
+        const T* fxj = fx.data() + j * wx;
+        const T* dx2j = dx2.data() + j * wx;
+        const int bx = h[0] - l[0] + 1;
+        for (int z = zb; z < ze; ++z) {
+          const T dz = splat_delta(a.oz, z, a.vz, p[2]);
+          // Early exits only: r2 = dx^2 + dyz >= dyz >= dz^2, so inside() would reject
+          // every voxel of a skipped plane or row.
+          if (!gauss.inside(dz * dz)) continue;
+          const T fz = gauss.factor(dz);
+          for (int y = l[1]; y <= h[1]; ++y) {
+            const T dy = splat_delta(a.oy, y, a.vy, p[1]);
+            const T dyz = dy * dy + dz * dz;
+            if (!gauss.inside(dyz)) continue;
+            const T fyj = fy[j * wy + (y - l[1])];
+            T* row = a.grid + z * nxy + y * nx + l[0];
+            // Adding 0 outside the radius leaves a voxel as it is and keeps the loop
+            // branch-free, so it vectorises.
+            for (int k = 0; k < bx; ++k)
+              row[k] += gauss.inside(dx2j[k] + dyz) ? gauss.value(amp, fz, fyj, fxj[k]) : T(0);
+          }
         }
       }
     }

@@ -16,8 +16,9 @@
 // so the atomicAdds of a warp hit neighbouring addresses) and atomically add into the grid.
 // The inclusion rule and the arithmetic are the CPU's: boxes along x and y from
 // splat_range, r2 = dx^2 + (dy^2 + dz^2) with d = splat_delta(...), and SplatGaussian
-// (math.h). The CPU walks every z plane and keeps those with dz^2 <= radius^2; here the z
-// range comes from splat_range widened by one plane each side (a plane outside that range
+// (math.h; here each lane computes its voxel's three axis factors, the CPU tabulates
+// them per atom). The CPU walks every z plane and keeps those with dz^2 <= radius^2; here
+// the z range comes from splat_range widened by one plane each side (a plane outside that range
 // is more than radius away whatever the rounding), and r2 <= radius^2 implies the CPU's
 // dz^2 and dy^2 + dz^2 tests because adding non-negative floats never decreases a sum.
 //
@@ -221,8 +222,9 @@ __global__ void __launch_bounds__(kBlock) splat_kernel(const SplatArgs<T> a) {
     const T dy = splat_delta(a.oy, y, a.vy, py);
     const T dyz = dy * dy + dz * dz;
     const T dx = splat_delta(a.ox, x, a.vx, px);
-    T val;
-    if (gauss.value(amp, dx * dx + dyz, val)) atomicAdd(a.grid + (z * nxy + y * nx + x), val);
+    if (gauss.inside(dx * dx + dyz))
+      atomicAdd(a.grid + (z * nxy + y * nx + x),
+                gauss.value(amp, gauss.factor(dz), gauss.factor(dy), gauss.factor(dx)));
   }
 }
 

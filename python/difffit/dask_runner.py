@@ -2,6 +2,7 @@
 that runs a batch: its torch threads and its device."""
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -21,10 +22,13 @@ def worker_setup(device: str) -> tuple[str, str]:
     import torch
 
     worker = "local"
+    # A Dask worker has imported distributed already; importing it here only to learn
+    # that we are not on one would cost a second per process.
+    distributed = sys.modules.get("distributed")
     try:
-        from distributed import get_worker
-
-        w = get_worker()
+        if distributed is None:
+            raise ValueError("not on a Dask worker")
+        w = distributed.get_worker()
         worker = str(w.address)
         if multiprocessing.parent_process() is not None:
             n = getattr(getattr(w, "state", None), "nthreads", None) or getattr(w, "nthreads", 1)

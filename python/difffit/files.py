@@ -19,6 +19,7 @@ import numpy as np
 from .errors import opt
 
 __all__ = ["refuse_existing", "umask_mode", "atomic_write", "write_json", "is_gz", "stem",
+           "MAP_SUFFIXES", "is_map_path",
            "safe_name", "jsonable"]
 
 
@@ -59,6 +60,17 @@ def atomic_write(path: Path, payload: bytes | str) -> None:
 
 def is_gz(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
+
+
+MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs")
+
+
+def is_map_path(path) -> bool:
+    """A map file by its name (MRC/CCP4 suffixes, optionally .gz)."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return name.endswith(MAP_SUFFIXES)
 
 
 def stem(path: Path) -> str:

@@ -19,12 +19,15 @@ mixture's density is
   amplitude) into k groups, each merged by moment matching.
 * :func:`density`: the plain-PyTorch reference of rho at points (differentiable).
 * :func:`write_mixture` / :func:`read_mixture`: JSON (every number) or a PDB of
-  pseudo-atoms (B = 8 pi^2 sigma^2, occupancy = A / max A, the scale in a REMARK).
+  pseudo-atoms (B = 8 pi^2 sigma^2, occupancy = A / max A, the scale in a REMARK);
+  :func:`write_mixtures` writes several files all or none.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -35,13 +38,13 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from .errors import DifffitInputError
-from .files import atomic_write, jsonable, refuse_existing
+from .files import jsonable, refuse_existing, umask_mode
 from .maps import DensityMap
 from .simulate import sigma_for
 from .structures import Structure, simulation_mask
 
 __all__ = ["Mixture", "kmeans", "choose_n", "from_structure", "coarsen",
-           "hierarchy", "density", "render", "write_mixture", "read_mixture"]
+           "hierarchy", "density", "render", "write_mixture", "write_mixtures", "read_mixture"]
 
 _FORMAT = "difffit-gmm/1"
 # Mean nearest-neighbour distance of N points spread uniformly through a volume V is
@@ -341,6 +344,9 @@ def render(mixture: Mixture, like: DensityMap) -> DensityMap:
 
 def _as_out_path(path, force: bool) -> Path:
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise DifffitInputError(f"{p}: a folder (or another non-file) is in the mixture "
+                                f"file's place; choose another name")
     refuse_existing(p, force)
     if not p.parent.is_dir():
         raise DifffitInputError(f"{p}: folder {p.parent} does not exist")
@@ -352,15 +358,71 @@ def write_mixture(mixture: Mixture, path, force: bool = False) -> Path:
     pseudo-atoms (``.pdb``: one HETATM ``GMM`` per Gaussian, B = 8 pi^2 sigma^2,
     occupancy = A / max |A|, the scale and resolution in REMARK lines), atomically;
     never over an existing file unless ``force``."""
-    p = _as_out_path(path, force)
+    return write_mixtures([(mixture, path)], force)[0]
+
+
+def write_mixtures(items: Sequence[tuple[Mixture, str | Path]], force: bool = False
+                   ) -> list[Path]:
+    """Write several mixtures (e.g. a mixture and its coarser levels) all or none: every
+    path is checked and every file's text made (a Gaussian that does not fit the PDB
+    columns raises here) before any is written; the files go to temporary names in their
+    folders and are renamed into place only once all of them are written.
+
+    Args:
+        items: (mixture, path) pairs, each written as :func:`write_mixture` does.
+        force: replace existing files (otherwise an existing one is refused, naming it).
+
+    Returns:
+        The paths written, in order.
+
+    Raises:
+        DifffitInputError: a bad suffix or folder, or a mixture a PDB file cannot hold
+            (naming the file); nothing is written then.
+        FileExistsError: a file exists and ``force`` is False; nothing is written.
+        OSError: a file cannot be written; none of them is left behind.
+    """
+    paths = [_as_out_path(p, force) for _, p in items]
+    seen = [p.resolve() for p in paths]
+    if len(set(seen)) < len(seen):
+        raise DifffitInputError(f"{paths[0]}: two mixtures would be written to one file "
+                                f"({', '.join(str(p) for p in paths)})")
+    texts = [_mixture_text(m, p) for (m, _), p in zip(items, paths)]
+    temps: list[str] = []
+    try:
+        for p, text in zip(paths, texts):
+            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+            temps.append(tmp)
+            os.chmod(tmp, umask_mode())
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(text.encode())
+        placed: list[Path] = []
+        try:
+            for p, tmp in zip(paths, temps):
+                existed = p.exists()
+                os.replace(tmp, p)
+                if not existed:
+                    placed.append(p)
+        except BaseException:
+            for p in placed:  # the renames are all or none, as far as it lies with us
+                p.unlink(missing_ok=True)
+            raise
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return paths
+
+
+def _mixture_text(mixture: Mixture, p: Path) -> str:
+    """The file ``p`` of a mixture (JSON or PDB by its suffix), checked: a Gaussian that
+    does not fit the PDB columns raises, naming the file and the Gaussian."""
     name = p.name.lower()
     if name.endswith(".json"):
         doc = {"format": _FORMAT, "name": mixture.name, "source": mixture.source,
                "resolution": mixture.resolution, "n": len(mixture), "info": mixture.info,
                "centres": mixture.centres.tolist(), "sigmas": mixture.sigmas.tolist(),
                "amplitudes": mixture.amplitudes.tolist()}
-        atomic_write(p, json.dumps(jsonable(doc), indent=1) + "\n")
-        return p
+        return json.dumps(jsonable(doc), indent=1) + "\n"
     if not name.endswith(".pdb"):
         raise DifffitInputError(f"{p}: a mixture is written as .json or .pdb")
     if len(mixture) > 99999:
@@ -375,14 +437,15 @@ def write_mixture(mixture: Mixture, path, force: bool = False) -> Path:
     for j, (c, s, a) in enumerate(zip(mixture.centres, mixture.sigmas, mixture.amplitudes)):
         b = 8 * math.pi ** 2 * s ** 2
         if not (-999.99 <= a / scale <= 999.99 and b < 9999.9 and np.abs(c).max() < 9999):
-            raise DifffitInputError(f"{p}: Gaussian {j + 1} does not fit PDB columns; "
-                                    f"write .json")
+            why = (f"width {s:.3g} A gives B = {b:.6g}, above the column's 9999.9"
+                   if b >= 9999.9 else "its centre or amplitude overflows the columns")
+            raise DifffitInputError(f"{p}: Gaussian {j + 1} of {len(mixture)} does not fit "
+                                    f"PDB columns ({why}); write .json")
         lines.append(f"HETATM{(j + 1) % 100000:5d}  G   GMM G{(j + 1) % 10000:4d}    "
                      f"{c[0]:8.3f}{c[1]:8.3f}{c[2]:8.3f}{a / scale:6.2f}{b:6.1f}"
                      f"           C")
     lines.append("END")
-    atomic_write(p, "\n".join(lines) + "\n")
-    return p
+    return "\n".join(lines) + "\n"
 
 
 def read_mixture(path) -> Mixture:

@@ -3,6 +3,7 @@ check it and count its atoms, and cutting it into batches of bounded size."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -111,13 +112,24 @@ def read_library(sources, selection: str, skip_bad: bool, progress: bool
             if not skip_bad:
                 raise DifffitInputError(f"library: {exc} (pass {opt('skip_bad', True)} to "
                                         f"leave unreadable files out)") from exc
-            skipped.append((str(src), str(exc)))
+            skipped.append((str(src), _reason(exc, str(src))))
             continue
         entries.append(Entry(len(entries), src, s.name, s.n_atoms, s.n_fit_atoms, structure_fingerprint(s)))
     if not entries:
         raise DifffitInputError("no readable structure in the library "
                                 f"({len(skipped)} file(s) skipped)")
     return entries, skipped
+
+
+def _reason(exc: Exception, path: str) -> str:
+    """Why a file was skipped, without its path (the log names the file once): the
+    reader's message starts with the path, and gemmi's own names it again before the line
+    ("PATH:12:0(0): ...")."""
+    why = str(exc)
+    if why.startswith(f"{path}: "):
+        why = why[len(path) + 2:]
+    why = re.sub(re.escape(path) + r":(?=\d)", "line ", why)
+    return why.replace(path, "the file")
 
 
 def plan_batches(entries: Sequence[Entry], batch_atoms: int) -> list[list[int]]:

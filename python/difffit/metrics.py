@@ -34,7 +34,7 @@ from torch import Tensor
 
 from . import ops
 from .maps import DensityMap
-from .simulate import molmap_envelope, principal_frame, sample_simulated
+from .simulate import molmap_envelope, molmap_envelopes, principal_frame, sample_simulated
 from .structures import Structure, simulation_mask
 
 __all__ = ["Metrics", "chimerax_metrics", "correlations", "ragged"]
@@ -78,16 +78,21 @@ class Metrics:
         self.level0_frame = (list(pyr_origin), list(pyr_voxel))
         self.level = _at_or_above(threshold)
 
-        def simulated(s: Structure, c: np.ndarray) -> tuple:
-            xyz, z = _simulated_atoms(s)
-            p, v = _envelope(simulator, xyz, z, resolution, target, principal_frame(xyz, c))
-            if not atom_metrics:
-                return p - c, v, None, None
-            return p - c, v, xyz - c, sample_simulated(xyz, z, resolution)
-
-        rows = [simulated(s, c) for s, c in zip(structures, centroids)]
-        sim_pts, sim_val, atom_pts, atom_val = ([list(col) for col in zip(*rows)] if rows
-                                                else ([], [], [], []))
+        atoms = [_simulated_atoms(s) for s in structures]
+        frames = [principal_frame(xyz, c) for (xyz, _), c in zip(atoms, centroids)]
+        if simulator is None:  # molmap's: every structure in one compiled call
+            pts, val, counts = molmap_envelopes(atoms, resolution, frames)
+            cuts = np.cumsum(counts)[:-1]
+            sim_pts = np.split(pts - np.repeat(np.asarray(centroids).reshape(-1, 3), counts, 0), cuts)
+            sim_val = np.split(val, cuts)
+        else:
+            env = [_envelope(simulator, xyz, z, resolution, target, f)
+                   for (xyz, z), f in zip(atoms, frames)]
+            sim_pts = [p - c for (p, _), c in zip(env, centroids)]
+            sim_val = [v for _, v in env]
+        if atom_metrics:
+            atom_pts = [xyz - c for (xyz, _), c in zip(atoms, centroids)]
+            atom_val = [sample_simulated(xyz, z, resolution) for xyz, z in atoms]
         self.sim_pts, self.sim_off = ragged(sim_pts, device, torch.float32)
         self.sim_val = torch.from_numpy(np.concatenate(sim_val)).to(device, torch.float32)
         if atom_metrics:

@@ -480,3 +480,43 @@ def splat(points: Tensor, amplitudes: Tensor, sigma: float, cutoff: float,
     g = op(points, amplitudes, float(sigma), float(cutoff), [int(s) for s in shape],
            _frame(origin, voxel_size))
     return _out(g, numpy)
+
+
+def envelopes(points: np.ndarray, amplitudes: np.ndarray, offsets: np.ndarray,
+              grids: np.ndarray, frames: np.ndarray, sigma: float, cutoff: float,
+              fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Envelopes of many structures at once, on the CPU: each structure's Gaussians (as
+    :func:`splat`) on its own grid, clipped at 0, and the grid points at or above the
+    level that encloses ``fraction`` of its density (molmap's display contour;
+    :func:`difffit.simulate.molmap_envelope` is the one-structure reference).
+
+    Args:
+        points: [A, 3] float32 or float64, each structure's in its own frame;
+            amplitudes: [A], same dtype.
+        offsets: [M + 1] int64: structure m's points are offsets[m] .. offsets[m + 1].
+        grids: [M, 7] float64: origin x, y, z, spacing, nx, ny, nz of each grid (in the
+            structure's frame).
+        frames: [M, 12] float64: the axes [3, 3] (as columns) row-major, then the origin
+            [3], of each structure's frame: world = axes @ local + origin.
+
+    Returns:
+        (world coordinates [K, 3] float64, values [K], counts [M] int64), the
+        structures' envelopes one after another.
+    """
+    dtype = np.float32 if np.asarray(points).dtype == np.float32 else np.float64
+    pts = np.ascontiguousarray(points, dtype=dtype).reshape(-1, 3)
+    amp = np.ascontiguousarray(amplitudes, dtype=dtype).reshape(-1)
+    off = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)
+    g = np.ascontiguousarray(grids, dtype=np.float64).reshape(-1, 7)
+    fr = np.ascontiguousarray(frames, dtype=np.float64).reshape(-1, 12)
+    M = len(off) - 1
+    if M < 0 or len(g) != M or len(fr) != M or len(amp) != len(pts) or off[-1] != len(pts):
+        raise DifffitInputError(f"envelopes: {len(pts)} points, {len(amp)} amplitudes, "
+                                f"{len(off)} offsets, {len(g)} grids and {len(fr)} frames "
+                                f"do not agree")
+    if np.any(g[:, 4:] != np.round(g[:, 4:])) or np.any(g[:, 4:] < 1) or np.any(g[:, 3] <= 0):
+        raise DifffitInputError("envelopes: grid sizes must be positive whole numbers and "
+                                "spacings positive")
+    fn = getattr(load(), "envelopes_" + ("f32" if dtype == np.float32 else "f64"))
+    return fn(pts.ctypes.data, amp.ctypes.data, off.ctypes.data, M, g.ctypes.data,
+              fr.ctypes.data, float(sigma), float(cutoff), float(fraction))

@@ -8,6 +8,8 @@ taken for a backbone atom.
 """
 from __future__ import annotations
 
+import functools
+
 import gzip
 import os
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import gemmi
 import numpy as np
 
 from .errors import DifffitInputError, opt, warn
-from .files import atomic_write, is_gz, refuse_existing, stem
+from .files import atomic_write, is_gz, is_map_path, refuse_existing, stem
 from .pdbx import recorded_sequences, setup_pdbx
 
 __all__ = ["Structure", "SELECTIONS", "read_structure", "split_chains", "write_structure",
@@ -42,18 +44,17 @@ _NUCLEOTIDE_CORE = frozenset({"C1'", "C3'", "C4'", "O4'"})
 _AA, _NA, _WATER, _OTHER = "aa", "na", "water", "other"
 
 
-def _residue_class(res: gemmi.Residue) -> str:
-    """Classify a residue as amino acid, nucleotide, water or other (ligand / ion).
-
-    Decided per residue from its name and atoms, not from gemmi's entity types: those come
-    from TER records / het flags, which are unreliable in real files (e.g. the shared
-    1J6Z.pdb has a stray TER mid-chain, after which gemmi calls 299 amino acids
-    "non-polymer").
-    """
-    if res.is_water():
+@functools.lru_cache(maxsize=4096)
+def _class_of_name(name: str) -> str | None:
+    """The class a residue name decides alone (a water, or a component in gemmi's table);
+    None for a name only the residue's atoms can decide. Cached: a model repeats a few
+    dozen names thousands of times."""
+    probe = gemmi.Residue()
+    probe.name = name
+    if probe.is_water():
         return _WATER
-    info = gemmi.find_tabulated_residue(res.name)
-    # gemmi answers names it does not know with an UNKNOWN entry: classified by atoms below.
+    info = gemmi.find_tabulated_residue(name)
+    # gemmi answers names it does not know with an UNKNOWN entry: classified by atoms.
     if info is not None and info.kind != gemmi.ResidueKind.UNKNOWN:
         if info.is_amino_acid():
             return _AA
@@ -64,6 +65,20 @@ def _residue_class(res: gemmi.Residue) -> str:
         # A tabulated non-polymer component (CA calcium, MG, NAG, HEM, ADP ...) is a
         # ligand even if it has atoms named like backbone atoms.
         return _OTHER
+    return None
+
+
+def _residue_class(res: gemmi.Residue) -> str:
+    """Classify a residue as amino acid, nucleotide, water or other (ligand / ion).
+
+    Decided per residue from its name and atoms, not from gemmi's entity types: those come
+    from TER records / het flags, which are unreliable in real files (e.g. the shared
+    1J6Z.pdb has a stray TER mid-chain, after which gemmi calls 299 amino acids
+    "non-polymer").
+    """
+    cls = _class_of_name(res.name)
+    if cls is not None:
+        return cls
     # Fallback for components missing from gemmi's table (unusual modified residues):
     # recognise a polymer residue by its backbone atoms.
     names = {a.name for a in res}
@@ -121,7 +136,7 @@ class Structure:
     gemmi_structure: gemmi.Structure = field(repr=False)
     # Residue class of every atom, filled on first use (metrics, refinement and the
     # first pass all ask; a replace() or transformed() copy starts without it).
-    _classes: list | None = field(default=None, init=False, repr=False, compare=False)
+    _classes: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def fit_coords(self) -> np.ndarray:
@@ -268,6 +283,11 @@ def read_structure(
         raise DifffitInputError(f"{p}: structure file does not exist")
     if not p.is_file() or p.stat().st_size == 0:
         raise DifffitInputError(f"{p}: structure file is empty or not a regular file")
+    if is_map_path(p):
+        raise DifffitInputError(
+            f"{p}: a map (MRC/CCP4), where an atomic model (PDB/mmCIF) is expected; a map "
+            f"is placed into a map only by difffit.fit(target, {p.name!r}) or `difffit fit "
+            f"TARGET.mrc {p.name}`")
     try:
         st = gemmi.read_structure(str(p))
     except (RuntimeError, ValueError, OSError) as exc:
@@ -465,14 +485,15 @@ def _is_polymer(res: gemmi.Residue) -> bool:
     return _residue_class(res) in (_AA, _NA)
 
 
-def _atom_classes(s: Structure) -> list[str]:
-    """[N] residue class of every atom, in atom order."""
+def _atom_classes(s: Structure) -> np.ndarray:
+    """[N] residue class of every atom, in atom order (their names)."""
     if s._classes is None:
-        out = []
+        cls, size = [], []
         for chain in s.gemmi_structure[0]:
             for res in chain:
-                out.extend([_residue_class(res)] * len(res))
-        s._classes = out
+                cls.append(_residue_class(res))
+                size.append(len(res))
+        s._classes = np.repeat(np.array(cls, dtype="U8"), size)
     return s._classes
 
 
@@ -480,10 +501,10 @@ def simulation_mask(s: Structure) -> np.ndarray:
     """[N] bool: the atoms a simulated map of the structure is made of: every kept atom
     but waters (hydrogens included when they were kept), as ChimeraX ``molmap`` and
     ``fitmap`` use a model without its waters."""
-    mask = np.asarray([c != _WATER for c in _atom_classes(s)], dtype=bool)
-    if mask.shape[0] != s.n_atoms:  # a Structure whose gemmi model was replaced
+    classes = _atom_classes(s)
+    if classes.shape[0] != s.n_atoms:  # a Structure whose gemmi model was replaced
         return np.ones(s.n_atoms, dtype=bool)
-    return mask
+    return classes != _WATER
 
 
 def trace_mask(s: Structure) -> np.ndarray:

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "difffit/math.h"
 
@@ -121,6 +122,26 @@ template <typename T> void stats_cpu(const StatsArgs<T>& a);
 template <typename T> void splat_cpu(const SplatArgs<T>& a);
 // out[i] = sum_c w[c] * vol[i * nc + c] for the n_voxels voxels of a volume (OpenMP).
 template <typename T> void channel_sum_cpu(const T* vol, int64_t n_voxels, int nc, const T* w, T* out);
+// Molmap envelopes of n_mol structures (csrc/cpu/envelope.cpp): each structure's points
+// offsets[m] .. offsets[m + 1] splatted on its own grid (grids[7 m ..]: origin x, y, z,
+// spacing, nx, ny, nz, in the structure's frame), clipped at 0; the voxels at or above the
+// level enclosing `fraction` of the density, as world coordinates (frames[12 m ..]: the
+// 3 x 3 axes, as columns, row-major, then the frame's origin: world = axes l + origin) and
+// values. CPU only: set-up work.
+template <typename T>
+struct EnvelopeArgs {
+  const T* points;          // [A, 3] in each structure's frame
+  const T* amplitudes;      // [A]
+  const int64_t* offsets;   // [n_mol + 1]
+  int64_t n_mol;
+  const double* grids;      // [n_mol, 7]
+  const double* frames;     // [n_mol, 12]
+  T sigma, cutoff;
+  double fraction;
+};
+template <typename T>
+void envelopes_cpu(const EnvelopeArgs<T>& a, std::vector<std::vector<double>>& coords,
+                   std::vector<std::vector<T>>& value);
 // Name of the CPU variant in use ("avx512", "avx2" or "baseline").
 const char* cpu_variant();
 // For tests only: the CUDA kernels' per-placement code (score_share / stats_share above,

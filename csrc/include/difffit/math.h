@@ -308,20 +308,21 @@ DF_HD void stats_point(const VolumeView<T>& v, int channel, T threshold, const T
 // Gaussian splatting
 
 // An atom of amplitude amp adds amp * exp(-r^2 / (2 sigma^2)) to every voxel within
-// r <= radius = cutoff * sigma of it. Both backends measure r^2 = dx^2 + (dy^2 + dz^2) with
-// d = splat_delta(...) along each axis and decide and weigh each voxel here, so they
-// include the same voxels and compute the same values.
+// r <= radius = cutoff * sigma of it. The Gaussian factorises by axis, so a voxel's value is
+// value(amp, factor(dz), factor(dy), factor(dx)): the CPU computes each atom's factors once
+// per axis (a few dozen exps per atom instead of one per voxel). Both backends measure
+// r^2 = dx^2 + (dy^2 + dz^2) with d = splat_delta(...) along each axis, decide inclusion
+// with inside() and weigh with value(), so they include the same voxels and compute the
+// same values.
 template <typename T>
 struct SplatGaussian {
   T radius, r2max, inv2s2;
   DF_HD SplatGaussian(T sigma, T cutoff)
       : radius(cutoff * sigma), r2max(radius * radius), inv2s2(T(1) / (T(2) * sigma * sigma)) {}
-  // Whether a voxel at squared distance r2 lies within the radius; if so writes its value.
-  DF_HD bool value(T amp, T r2, T& out) const {
-    if (!(r2 <= r2max)) return false;
-    out = amp * std::exp(-r2 * inv2s2);  // expf for float, on the host and on the GPU
-    return true;
-  }
+  DF_HD bool inside(T r2) const { return r2 <= r2max; }
+  // exp(-d^2 / (2 sigma^2)) along one axis (expf for float, on the host and on the GPU).
+  DF_HD T factor(T d) const { return std::exp(-(d * d) * inv2s2); }
+  DF_HD T value(T amp, T fz, T fy, T fx) const { return amp * fz * fy * fx; }
 };
 
 // Offset along one axis from the atom coordinate p to voxel i of a grid with this origin and

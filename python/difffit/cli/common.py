@@ -170,6 +170,12 @@ def region_overrides(args: argparse.Namespace) -> dict:
             out[key] = getattr(args, key)
     if args.zone_radius is not None and args.zone is None:
         raise DifffitInputError("--zone-radius needs --zone MODEL")
+    from ..workflows.mapfit import is_map_source
+
+    if args.zone is not None and is_map_source(args.zone):
+        raise DifffitInputError(f"{args.zone}: a map, but --zone takes an atomic model "
+                                f"(PDB/mmCIF); to search a region of the map give a mask: "
+                                f"--mask MASK.mrc")
     from ..region import check_paths
 
     check_paths(FitParams(**out))  # bad combinations and missing files: before any work
@@ -195,10 +201,32 @@ def add_structure_options(p: argparse.ArgumentParser, selection: bool = True) ->
                        default=True, help=f"keep {text} (the default)")
 
 
+def refuse_maps(paths: Sequence[str], command: str | None, where: str = "") -> None:
+    """Refuse, before any reading, a map (MRC/CCP4 by its name) given where ``difffit
+    command`` takes atomic models: a plain message naming the file instead of a PDB
+    reader's complaint. ``where`` names the option (e.g. "--library")."""
+    from ..workflows.mapfit import is_map_source
+
+    cmd = f"difffit {command}" if command else "this command"
+    for p in paths:
+        if not is_map_source(p):
+            continue
+        if command == "fit":
+            raise DifffitInputError(
+                f"{p}: a map among the structures; `difffit fit` places a map only alone "
+                f"(difffit fit TARGET.mrc {Path(p).name}), or atomic models (PDB/mmCIF) only")
+        raise DifffitInputError(
+            f"{p}: a map (MRC/CCP4), but `{cmd}` takes atomic models (PDB/mmCIF)"
+            f"{' in ' + where if where else ' here'}; a map source is accepted only by "
+            f"`difffit fit TARGET.mrc {Path(p).name}`")
+
+
 def read_structures(args: argparse.Namespace, paths: Sequence[str]):
-    """The structures at ``paths`` read with the options of :func:`add_structure_options`."""
+    """The structures at ``paths`` read with the options of :func:`add_structure_options`;
+    a map among them is refused first, naming it (:func:`refuse_maps`)."""
     from ..structures import read_structure
 
+    refuse_maps(paths, getattr(args, "command", None))
     return [read_structure(p, selection=getattr(args, "selection", "backbone"),
                            chains=args.chains, keep_waters=args.keep_waters,
                            keep_ligands=args.keep_ligands, keep_hydrogens=args.keep_hydrogens)

@@ -64,9 +64,9 @@ def _copies(text: str) -> int | str:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..workflows.fit import fit
-    from ..maps import read_map, write_map
+    from ..maps import read_map
     from ..output import write_fit_outputs
-    from ..workflows.mapfit import is_map_source, resample
+    from ..workflows.mapfit import is_map_source
     from ..runs import check_outdir
     from ..structures import split_chains
     from .common import read_structures
@@ -74,6 +74,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     check_device(args.device)
     if args.top < 0:
         raise DifffitInputError(f"--top must be >= 0, got {args.top}")
+    map_source = len(args.structures) == 1 and is_map_source(args.structures[0])
+    if map_source:  # options about chains mean nothing for a map: refused, not ignored
+        for flag, given in (("--split-chains", args.split_chains),
+                            ("--chains", args.chains is not None)):
+            if given:
+                raise DifffitInputError(
+                    f"{args.structures[0]}: {flag} applies to atomic models; a map source "
+                    f"is placed whole (cut the chain's density out of the map first)")
     outdir = default_outdir(args, "fit")
     # Refuse an occupied or unwritable output folder before spending minutes fitting.
     check_outdir(outdir, args.force)
@@ -81,7 +89,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     dmap = read_map(args.map, voxel_size=args.voxel_size)
     source_map = None  # a map to place (difffit.workflows.mapfit): through its mixture
-    if len(args.structures) == 1 and is_map_source(args.structures[0]):
+    if map_source:
         source_map = read_map(args.structures[0])
         structures = source_map
     else:
@@ -104,11 +112,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                  progress=not args.quiet, **overrides)
     paths = write_fit_outputs(result, outdir, top=args.top, model_format=args.model_format,
                               force=args.force, command=command_line(argv), report=args.report)
-    if source_map is not None:  # the placed source maps on the target's grid
-        for p in result.for_structure(0)[: max(args.top, 1)]:
-            out = paths["outdir"] / f"fitted_map_{p.rank}.mrc"
-            write_map(out, resample(source_map, dmap, p.rotation, p.translation),
-                      overwrite=args.force)
+    for key, out in paths.items():  # a map source: the placed maps on the target's grid
+        if key.startswith("fitted_map:"):
             print(f"difffit: wrote {out}", file=sys.stderr)
     for note in result.notes:
         print(f"difffit: {note}", file=sys.stderr)

@@ -6,17 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from .common import non_negative_int, positive_float, positive_int, voxel_size
+from ..files import is_map_path
+from .common import (check_output_file, non_negative_int, positive_float,
+                     positive_int, voxel_size)
 
-_MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs")
-
-
-def is_map_path(path) -> bool:
-    """A map file by its name (MRC/CCP4 suffixes, optionally .gz)."""
-    name = Path(path).name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    return name.endswith(_MAP_SUFFIXES)
 
 
 def register(sub) -> None:
@@ -42,7 +35,9 @@ def register(sub) -> None:
     p.add_argument("--iterations", type=non_negative_int, default=200, metavar="N",
                    help="Adam steps fitting a map's mixture (default: 200; 0: k-means only)")
     p.add_argument("--coarsen", type=positive_int, nargs="+", default=(), metavar="K",
-                   help="also write mixtures of K Gaussians, each split from the previous")
+                   help="also write mixtures of K Gaussians (FILE_K), each split from the "
+                        "next finer one; a K at or above the mixture's size is warned about "
+                        "and its file holds the mixture's own Gaussians")
     p.add_argument("--voxel-size", type=voxel_size, default=None, metavar="V",
                    help="override the map header's voxel size")
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
@@ -51,8 +46,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ..errors import DifffitInputError
-    from ..gmm import coarsen, from_structure, write_mixture
+    import warnings
+
+    from ..errors import DifffitInputError, DifffitWarning
+    from ..gmm import coarsen, from_structure, write_mixtures
     from ..gmm_fit import from_map
     from ..maps import read_map
     from ..structures import read_structure
@@ -60,10 +57,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out = Path(args.output)
     if not out.name.lower().endswith((".json", ".pdb")):
         raise DifffitInputError(f"{out}: the mixture file must end in .json or .pdb")
-    targets = [out] + [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in args.coarsen]
-    for t in targets:  # refuse before any work
-        if t.exists() and not args.force:
-            raise FileExistsError(f"{t}: file already exists; pass --force to replace it")
+    # Coarsest last, each split from the next finer one, whatever the order given.
+    levels = sorted(set(args.coarsen), reverse=True)
+    targets = [out] + [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in levels]
+    for t in targets:  # refuse before any work: existing, or not writable
+        check_output_file(t, args.force)
     if is_map_path(args.input):
         dmap = read_map(args.input, voxel_size=args.voxel_size)
         mix = from_map(dmap, args.resolution, args.threshold, args.gaussians,
@@ -76,11 +74,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         what = (f"structure {args.input}: {len(mix)} Gaussians for {mix.info['atoms']} heavy "
                 f"atoms, mean nearest-neighbour distance {mix.info['mean_nn_distance']:.2f} A")
     print(what)
-    write_mixture(mix, out, force=args.force)
-    print(f"wrote {out}")
-    cur = mix
-    for k, t in zip(args.coarsen, targets[1:]):
+    mixtures, cur = [mix], mix
+    for k, t in zip(levels, targets[1:]):
         cur = coarsen(cur, k, seed=args.seed)
-        write_mixture(cur, t, force=args.force)
-        print(f"wrote {t} ({len(cur)} Gaussians)")
+        if len(cur) < k:  # the file keeps the promised name; what it holds is said
+            warnings.warn(f"--coarsen {k}: the mixture has only {len(cur)} Gaussians, so "
+                          f"{t.name} holds those {len(cur)} (no coarser than {out.name})",
+                          DifffitWarning, stacklevel=2)
+        mixtures.append(cur)
+    # All files or none: a level a PDB file cannot hold leaves no file behind.
+    write_mixtures(list(zip(mixtures, targets)), force=args.force)
+    for m, t in zip(mixtures, targets):
+        print(f"wrote {t} ({len(m)} Gaussians)")
     return 0

@@ -12,7 +12,7 @@ from ..params import SCORES
 from ..structures import SELECTIONS
 from .common import (add_device_argument, add_map_arguments, add_outdir_arguments,
                      add_search_arguments, check_device, check_output_dir, command_line,
-                     default_outdir, positive_int, search_overrides)
+                     default_outdir, positive_int, refuse_maps, search_overrides)
 
 
 def register(sub) -> None:
@@ -81,6 +81,7 @@ def _dask_client(args):
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from ..library import library_files
     from ..workflows.identify import identify
     from ..workflows.prescreen import first_pass_line
     from ..maps import read_map
@@ -91,6 +92,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         check_device(args.device)
     if args.top < 0:
         raise DifffitInputError(f"--top must be >= 0, got {args.top}")
+    # A map in the library (named, or listed in a .txt): said plainly, before any work.
+    refuse_maps([f for f in library_files(args.library) if isinstance(f, str)], "identify",
+                "--library")
     map_path = Path(args.map)
     outdir = default_outdir(args, "identify")
     if not args.resume:

@@ -8,7 +8,10 @@ Layout of an output folder (all written by :func:`write_fit_outputs`)::
                           column, the transform convention), the parameters, inputs
                           (with their centroids), timings, version and the files written
     models/<s>_rank<k>.cif  the top placements of each structure, all atoms, original names
-    difffit_fits.cxc      ChimeraX script: opens the map and the models
+    difffit_fits.cxc      ChimeraX script: opens the map and the models (a map source:
+                          the map and the fitted source maps, as surfaces)
+    fitted_map_<k>.mrc    only for a map source (map-in-map fit): the source map in its
+                          rank-k placement, on the target's grid
     difffit_fits.positions  the same placements as a ChimeraX positions file, one line per
                           model of the script, for the input files (output.chimerax)
     trajectories.npz      recorded poses and scores of every start, with the structures'
@@ -69,30 +72,86 @@ def model_filenames(result: FitResult, top: int = 3, model_format: str = "cif"
 
 
 def _cxc_text(result: FitResult, map_path: str, models: list[tuple[Any, Path]]) -> str:
-    lines = [
-        "# difffit fits: open in UCSF ChimeraX (File > Open, or `open difffit_fits.cxc`).",
-        "# Model numbers below assume a fresh session: the map is #1, the models #2 on.",
-        f"# map #1: {map_path}",
-        f"open {cxc_quote(map_path)}",
-        f"volume #1 level {result.threshold:.6g} style surface transparency 0.6",
-    ]
+    lines = _cxc_header("fits", "the map is #1, the models #2 on", map_path,
+                        f"level {result.threshold:.6g} style surface transparency 0.6")
     for k, (p, path) in enumerate(models):
         model_id = k + 2
         colour = COLOURS[p.structure_index % len(COLOURS)]
-        m = p.metrics
-        lines.append(
-            f"# #{model_id}: {p.structure_name} rank {p.rank}, hits {p.hits}, "
-            f"correlation {m.get('correlation', float('nan')):.4f}, cam {m.get('cam', float('nan')):.4f}"
-        )
-        lines.append(f"open {cxc_quote(str(path))}")
-        lines.append(f"color #{model_id} {colour} target ac")
-    if models:
-        last = f"-{len(models) + 1}" if len(models) > 1 else ""
-        lines += ["# The same placements for the input files: open them (unmoved) as models "
-                  f"#2{last}, in the order above,",
-                  f"# then: open difffit_fits.positions models #2{last}"]
+        lines += [_model_comment(model_id, p), f"open {cxc_quote(str(path))}",
+                  f"color #{model_id} {colour} target ac"]
+    lines += _positions_hint(len(models), "the input files", ", in the order above")
     lines += ["hide atoms", "show cartoons", "view"]
     return "\n".join(lines) + "\n"
+
+
+def _cxc_header(what: str, numbering: str, map_path: str, style: str) -> list[str]:
+    return [f"# difffit {what}: open in UCSF ChimeraX (File > Open, or `open difffit_fits.cxc`).",
+            f"# Model numbers below assume a fresh session: {numbering}.",
+            f"# map #1: {map_path}", f"open {cxc_quote(map_path)}", f"volume #1 {style}"]
+
+
+def _model_comment(model_id: int, p) -> str:
+    m = p.metrics
+    return (f"# #{model_id}: {p.structure_name} rank {p.rank}, hits {p.hits}, correlation "
+            f"{m.get('correlation', float('nan')):.4f}, cam {m.get('cam', float('nan')):.4f}")
+
+
+def _positions_hint(n: int, what: str, order: str = "") -> list[str]:
+    """How to apply difffit_fits.positions to the unmoved inputs, models #2 on."""
+    if not n:
+        return []
+    last = f"-{n + 1}" if n > 1 else ""
+    return [f"# The same placements for {what}: open them (unmoved) as models #2{last}{order},",
+            f"# then: open difffit_fits.positions models #2{last}"]
+
+
+def _map_source_cxc_text(result: FitResult, map_path: str, maps: list[tuple[Any, Path]],
+                         level: float) -> str:
+    """The script of a map-in-map fit: the target, then each fitted source map as a surface
+    at the source's contour (the placed mixture's pseudo-atoms are no model to show)."""
+    lines = _cxc_header("fits of a map", "the target map is #1, the fitted source maps #2 on",
+                        map_path, f"level {result.threshold:.6g} style mesh")
+    for k, (p, path) in enumerate(maps):
+        model_id = k + 2
+        lines += [
+            _model_comment(model_id, p),
+            f"open {cxc_quote(str(path))}",
+            f"volume #{model_id} level {level:.6g} style surface "
+            f"color {COLOURS[k % len(COLOURS)]} transparency 0.3",
+        ]
+        if k:  # the best placement shown; the others one `show #N models` away
+            lines.append(f"hide #{model_id} models")
+    lines += _positions_hint(len(maps), "the source map", ", once per placement")
+    lines.append("view")
+    return "\n".join(lines) + "\n"
+
+
+def _write_fitted_maps(result: FitResult, outdir: Path, top: int, paths: dict[str, Path]
+                       ) -> list[tuple[Any, Path]]:
+    """fitted_map_<rank>.mrc for the best ``max(top, 1)`` placements of a map source: the
+    source map moved by each placement and sampled on the target's grid."""
+    from ..maps import write_map
+    from ..workflows.mapfit import resample
+
+    out = []
+    for p in result.for_structure(0)[: max(int(top), 1)]:
+        path = outdir / f"fitted_map_{p.rank}.mrc"
+        write_map(path, resample(result.source_map, result.map, p.rotation, p.translation),
+                  overwrite=True)  # the folder was checked: empty, or force
+        paths[f"fitted_map:{path.name}"] = path
+        out.append((p, path))
+    return out
+
+
+def _source_level(result: FitResult) -> float:
+    """The contour of a map source: the one its mixture was built at (its mean + 1
+    standard deviation when the mixture does not record it)."""
+    mixture = getattr(result, "mixture", None)
+    thr = (mixture.info.get("threshold") if mixture is not None else None)
+    if thr is None:
+        data = np.asarray(result.source_map.data)
+        thr = float(data.mean() + data.std())
+    return float(thr)
 
 
 def _log_text(result: FitResult, command: str | None, map_path: str | None,
@@ -152,8 +211,10 @@ def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: 
     Returns:
         Paths written: keys "outdir", "csv", "json", "cxc", "trajectories", "log",
         "models" (the models folder), "map" (only when the map was written here),
-        "report" (only with ``report``), and
-        "model:<file name>" for each model.
+        "report" (only with ``report``),
+        "model:<file name>" for each model, and for a map source (``difffit.fit(target,
+        source_map)``) "fitted_map:fitted_map_<k>.mrc" for each of its best ``max(top, 1)``
+        placements.
 
     Raises:
         FileExistsError: ``outdir`` exists, is not empty and ``force`` is False.
@@ -189,6 +250,10 @@ def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: 
         written_models.append((p, path))
         paths[f"model:{path.name}"] = path
 
+    # A map source (map-in-map fit): the source map placed on the target's grid.
+    source_map = getattr(result, "source_map", None)
+    fitted_maps = [] if source_map is None else _write_fitted_maps(result, outdir, top, paths)
+
     # Tables.
     rows = result.rows()
     paths["csv"] = outdir / "results.csv"
@@ -196,13 +261,21 @@ def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: 
 
     # ChimeraX script: absolute paths, so it runs from anywhere.
     paths["cxc"] = outdir / "difffit_fits.cxc"
-    atomic_write(paths["cxc"], _cxc_text(result, map_path,
-                                          [(p, path.resolve()) for p, path in written_models]))
+    if source_map is None:
+        atomic_write(paths["cxc"], _cxc_text(
+            result, map_path, [(p, path.resolve()) for p, path in written_models]))
+        placed = [(model_name(result.structures[p.structure_index]), p)
+                  for p, _ in written_models]
+    else:
+        atomic_write(paths["cxc"], _map_source_cxc_text(
+            result, map_path, [(p, path.resolve()) for p, path in fitted_maps],
+            _source_level(result)))
+        name = Path(source_map.path).name if source_map.path else result.structures[0].name
+        placed = [(name.replace(",", "_"), p) for p, _ in fitted_maps]
 
     paths["positions"] = outdir / "difffit_fits.positions"
     atomic_write(paths["positions"], positions_text(
-        (model_name(result.structures[p.structure_index]), p.rotation, p.translation)
-        for p, _ in written_models))
+        (name, p.rotation, p.translation) for name, p in placed))
 
     paths["trajectories"] = outdir / "trajectories.npz"
     atomic_write(paths["trajectories"], _trajectories_npz(result))
@@ -240,6 +313,8 @@ def write_fit_outputs(result: FitResult, outdir, *, top: int = 3, model_format: 
         "build_info": build_info(),
         "models": [{"structure": p.structure_name, "rank": p.rank, "path": str(path.resolve())}
                    for p, path in written_models],
+        **({"fitted_maps": [{"rank": p.rank, "path": str(path.resolve())}
+                            for p, path in fitted_maps]} if source_map is not None else {}),
         **describe_rows(rows, result.params.rank_by),
         "files": files,
         "placements": rows,

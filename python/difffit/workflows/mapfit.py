@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..gmm_fit import as_structure, from_map
+from ..files import is_map_path
 from ..maps import DensityMap, read_map
 
 __all__ = ["MAP_SOURCE_OPTIONS", "is_map_source", "map_as_structure", "resample"]
@@ -25,7 +26,6 @@ __all__ = ["MAP_SOURCE_OPTIONS", "is_map_source", "map_as_structure", "resample"
 # Keywords of difffit.fit that set a map source's mixture.
 MAP_SOURCE_OPTIONS = ("source_threshold", "n_gaussians", "gmm_iters")
 
-_MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs")
 
 
 def is_map_source(obj) -> bool:
@@ -33,8 +33,7 @@ def is_map_source(obj) -> bool:
     if isinstance(obj, DensityMap):
         return True
     if isinstance(obj, (str, os.PathLike)):
-        name = Path(obj).name.lower()
-        return (name[:-3] if name.endswith(".gz") else name).endswith(_MAP_SUFFIXES)
+        return is_map_path(obj)
     return False
 
 
