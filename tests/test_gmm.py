@@ -3,9 +3,10 @@ plain-PyTorch reference and the molmap kernel; files; the coarse search; identif
 first pass; the CLI."""
 from __future__ import annotations
 
+import json
 import math
-from pathlib import Path
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,6 +185,10 @@ def test_cli_first_pass_with_k_above_the_library(shared_data, tmp_path, capsys):
                  "--positions", "4", "--iterations", "40", "-o", str(tmp_path / "out")])
     assert code == 0
     assert "first pass: all 2 candidates fitted fully" in capsys.readouterr().out
+    # The bound's record is kept with the ranking.
+    doc = json.loads((tmp_path / "out" / "ranking.json").read_text())
+    assert doc["first_pass"]["top"] == 4 and doc["first_pass"]["fitted"] == 2
+    assert doc["first_pass"]["screened_out"] == 0
 
 
 def test_cli_gmm(shared_data, tmp_path, capsys):
@@ -241,3 +246,95 @@ def test_a_failed_mixture_write_leaves_no_file_behind(shared_data, tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.json"]
     written = gmm.write_mixtures([(mix, out), (one, tmp_path / "hb_1.json")])
     assert [len(gmm.read_mixture(p)) for p in written] == [len(mix), 1]
+
+
+# ------------------------------------------------------- sparse density (map-mixture fit)
+
+
+@pytest.fixture(scope="module")
+def daq_mixture(shared_data):
+    """The DAQ map's k-means mixture with uneven widths and amplitudes (as an Adam fit leaves
+    them), and the voxels the refinement fits."""
+    from difffit.gmm_fit import fit_voxels
+    dmap = read_map(data_file(shared_data, "daq_emd2566_3j6b/2566_3J6B_9.mrc"))
+    thr = float(dmap.data.mean() + dmap.data.std())
+    mix = from_map(dmap, 5.0, thr, iters=0)
+    rng = np.random.default_rng(3)
+    s = mix.sigmas * rng.uniform(0.7, 1.6, len(mix))
+    a = mix.amplitudes * rng.uniform(0.5, 1.5, len(mix))
+    xyz, val = fit_voxels(dmap, thr, 5.0, 100_000)
+    return dmap, thr, gmm.Mixture(mix.centres, s, a, "daq", "map", 5.0), xyz, val
+
+
+def _dense_and_sparse(mix, xyz, val, i, j):
+    """(density, gradients of the squared misfit) by gmm.density and by density_pairs."""
+    from difffit.gmm_fit import density_pairs
+    out = []
+    for sparse in (False, True):
+        c, s, a = (torch.tensor(x, requires_grad=True) for x in
+                   (mix.centres, mix.sigmas, mix.amplitudes))
+        pts = torch.as_tensor(xyz)
+        rho = density_pairs(c, s, a, pts, i, j) if sparse else gmm.density(c, s, a, pts)
+        loss = (rho - torch.as_tensor(val)).pow(2).sum()
+        out.append((rho.detach(), *torch.autograd.grad(loss, [c, s, a])))
+    return out
+
+
+def test_sparse_density_and_gradients_are_the_dense_reference(daq_mixture):
+    """density_pairs over the pairs within CUTOFF (5) widths is gmm.density (the dense
+    reference) up to the truncation on a real map's mixture: density within 1e-5 of its
+    maximum, gradients within 1e-4 of theirs; with every pair it is the dense sum."""
+    from difffit.gmm_fit import CUTOFF, neighbour_pairs
+    from scipy.spatial import cKDTree
+    _, _, mix, xyz, val = daq_mixture
+    i, j = neighbour_pairs(cKDTree(xyz), mix.centres, CUTOFF * mix.sigmas)
+    assert len(i) < 0.2 * len(xyz) * len(mix)          # the point: few pairs near each
+    (rd, *gd), (rs, *gs) = _dense_and_sparse(mix, xyz, val, i, j)
+    assert float((rs - rd).abs().max()) < 1e-5 * float(rd.max())
+    for a, b in zip(gs, gd):
+        assert float((a - b).abs().max()) < 1e-4 * float(b.abs().max())
+    P, N = len(xyz), len(mix)
+    every = (torch.arange(P).repeat_interleave(N), torch.arange(N).repeat(P))
+    (rd, *gd), (rs, *gs) = _dense_and_sparse(mix, xyz[:2000], val[:2000],
+                                             *(x[: 2000 * N] for x in every))
+    # The dense sum's |p|^2 + |c|^2 - 2 p.c rounds to ~1e-16 of |p|^2 (A^2): its own error.
+    assert float((rs - rd).abs().max()) < 1e-10 * float(rd.abs().max())
+    for a, b in zip(gs, gd):
+        assert float((a - b).abs().max()) < 1e-10 * float(b.abs().max())
+
+
+def test_neighbour_list_is_kept_while_its_bound_holds(daq_mixture):
+    """The refinement's list, built at (c, s), holds every pair within CUTOFF widths of
+    centres moved up to MOVE voxels and widths grown up to GROWTH-fold; beyond, it is
+    rebuilt."""
+    from difffit.gmm_fit import CUTOFF, GROWTH, MOVE, _Pairs, neighbour_pairs
+    from scipy.spatial import cKDTree
+    dmap, _, mix, xyz, _ = daq_mixture
+    vox = float(np.mean(dmap.voxel_size))
+    pairs = _Pairs(xyz, vox)
+    i0, j0 = pairs.update(mix.centres, mix.sigmas)
+    rng = np.random.default_rng(4)
+    u = rng.normal(size=mix.centres.shape)
+    c = mix.centres + 0.99 * MOVE * vox * u / np.linalg.norm(u, axis=1, keepdims=True)
+    s = mix.sigmas * 0.99 * GROWTH
+    i, j = pairs.update(c, s)
+    assert pairs.builds == 1 and i is i0
+    need = neighbour_pairs(cKDTree(xyz), c, CUTOFF * s)
+    have = set(zip(i0.tolist(), j0.tolist()))
+    assert set(zip(*(x.tolist() for x in need))) <= have
+    pairs.update(c, mix.sigmas * 1.01 * GROWTH)
+    assert pairs.builds == 2
+    c[0] += 1.01 * MOVE * vox
+    pairs.update(c, mix.sigmas * 1.01 * GROWTH)
+    assert pairs.builds == 3
+
+
+def test_sparse_correlation_is_the_dense_one(daq_mixture):
+    """mixture_correlation (sparse to 8 widths) equals the dense sum's correlation."""
+    from difffit.gmm_fit import fit_voxels
+    dmap, thr, mix, _, _ = daq_mixture
+    xyz, val = fit_voxels(dmap, thr, 5.0, 200_000)
+    t = torch.as_tensor
+    rho = gmm.density(t(mix.centres), t(mix.sigmas), t(mix.amplitudes), t(xyz))
+    dense = float(np.corrcoef(rho.numpy(), val)[0, 1])
+    assert mixture_correlation(mix, dmap, thr) == pytest.approx(dense, abs=1e-12)

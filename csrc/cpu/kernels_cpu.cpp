@@ -162,15 +162,39 @@ uint32_t morton_key(const T c[3]) {
   return k;
 }
 
-// Indices 0 .. n-1 (n < 2^32) sorted by key(i), equal keys in index order: one sort of
-// 64-bit words (key in the high half, index in the low half), faster than sorting pairs.
+// Indices 0 .. n-1 (n < 2^32) sorted by key(i) (30-bit Morton keys), equal keys in index
+// order. Short lists: one sort of 64-bit words (key in the high half, index in the low
+// half), faster than sorting pairs.
 template <typename Key>
 std::vector<int64_t> sorted_by(int64_t n, Key key) {
-  std::vector<uint64_t> w(n);
-  for (int64_t i = 0; i < n; ++i) w[i] = (uint64_t(key(i)) << 32) | uint64_t(i);
-  std::sort(w.begin(), w.end());
+  std::vector<uint32_t> k(n);
+  for (int64_t i = 0; i < n; ++i) k[i] = key(i);
   std::vector<int64_t> order(n);
-  for (int64_t i = 0; i < n; ++i) order[i] = int64_t(w[i] & 0xFFFFFFFFu);
+  if (n < 512) {  // a comparison sort of (key, index) pairs
+    std::vector<uint64_t> w(n);
+    for (int64_t i = 0; i < n; ++i) w[i] = (uint64_t(k[i]) << 32) | uint64_t(i);
+    std::sort(w.begin(), w.end());
+    for (int64_t i = 0; i < n; ++i) order[i] = int64_t(w[i] & 0xFFFFFFFFu);
+    return order;
+  }
+  // The same order in linear time: a stable radix sort of the 30-bit keys, 10 bits a pass,
+  // starting from index order (every call sorts every molecule's atoms again, and a
+  // comparison sort of those cost as much as sampling them once).
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::vector<uint32_t> k2(n);
+  std::vector<int64_t> o2(n);
+  for (int shift = 0; shift < 30; shift += 10) {
+    std::vector<int64_t> start(1025, 0);
+    for (int64_t i = 0; i < n; ++i) ++start[((k[i] >> shift) & 1023u) + 1];
+    for (int b = 0; b < 1024; ++b) start[b + 1] += start[b];
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t pos = start[(k[i] >> shift) & 1023u]++;
+      k2[pos] = k[i];
+      o2[pos] = order[i];
+    }
+    k.swap(k2);
+    order.swap(o2);
+  }
   return order;
 }
 

@@ -83,8 +83,8 @@ def write_identify_outputs(result: IdentifyResult, outdir, *, top: int = 10,
 
     Files: ranking.csv (one row per candidate, best first: rank, name, score, zscore,
     hits, clusters, atoms, every metric, centre, rotation r11..r33, translation, batch,
-    file), ranking.json (the same plus settings, batches, skipped files and each
-    candidate's next-best placements), models/rankNNN_<name>.cif (the best ``top``
+    file), ranking.json (the same plus settings, batches, skipped files, the first pass's
+    bound when there was one, and each candidate's next-best placements), models/rankNNN_<name>.cif (the best ``top``
     candidates in their best placement, all atoms) and identify_log.txt. Files of these
     names are replaced (they belong to this run); nothing else is touched.
 
@@ -120,6 +120,8 @@ def write_identify_outputs(result: IdentifyResult, outdir, *, top: int = 10,
         "params": asdict(result.params), "batch_atoms": result.batch_atoms,
         "timings": result.timings, "batches": result.batches,
         "skipped": [{"file": f, "reason": why} for f, why in result.skipped],
+        # The bound of a first-pass run (rounds, gains, checked candidates); None without.
+        "first_pass": getattr(result, "first_pass", None),
         "models": models,
         "candidates": [{**row, "placements": c.placements, "cluster_scores": c.cluster_scores}
                        for row, c in zip(rows, result.candidates)],

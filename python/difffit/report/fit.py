@@ -108,8 +108,13 @@ def fit_sections(result: FitResult, top: int = 10, views: int = 3) -> list[tuple
             with np.errstate(all="ignore"):
                 med = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in rec])
             series["median of all starts"] = (its, med)
+            # Coarse-to-fine: the first steps move a Gaussian per group of atoms and are
+            # not recorded (only atom poses are ranked), so the curves start there.
+            first = int(np.nanmin(its)) if its.size else 0
+            xlabel = ("iteration" if first <= 1 else f"iteration (steps 0-{first - 1} moved "
+                      f"coarse Gaussians and are not recorded)")
             body.append(line_plot(series, title=f"{s.name}: convergence of the best clusters",
-                                  xlabel="iteration", ylabel="pyramid score",
+                                  xlabel=xlabel, ylabel="pyramid score",
                                   context={"median of all starts"}))
         sections.append((f"Structure {i + 1}: {s.name}", "\n".join(body)))
     return sections
