@@ -233,3 +233,39 @@ def test_custom_tolerances():
     assert cluster_poses(centers, R, scores).labels.tolist() == [0, 1, 2, 3]
     assert cluster_poses(centers, R, scores, angle_tol_deg=15).labels.tolist() == [0, 0, 1, 1]
     assert cluster_poses(centers, R, scores, angle_tol_deg=30).labels.tolist() == [0, 0, 0, 0]
+
+
+def test_first_representatives_of_many_sets_match_cluster_poses():
+    """The batched first-K representatives (identify's first pass clusters every candidate's
+    starts at once) are cluster_poses' first K of each set: sets of jittered basins plus
+    scattered poses, with ties, a NaN score and fewer clusters than K in some sets."""
+    from difffit.cluster import first_representatives
+
+    g = torch.Generator().manual_seed(7)
+    M, S, keep = 12, 64, 4
+    cs, Rs, ss = [], [], []
+    for m in range(M):
+        n_basins = 1 + m % 6
+        parts_c, parts_R = [], []
+        for b in range(n_basins):
+            c0 = torch.randn(3, generator=g, dtype=torch.float64) * 10
+            R0 = quat_to_matrix(random_rotations(1, generator=g))[0]
+            c, R = _jittered(c0, R0, S // n_basins, g)
+            parts_c.append(c)
+            parts_R.append(R)
+        c, R = torch.cat(parts_c), torch.cat(parts_R)
+        extra = S - len(c)
+        c = torch.cat([c, torch.randn(extra, 3, generator=g, dtype=torch.float64) * 10])
+        R = torch.cat([R, quat_to_matrix(random_rotations(extra, generator=g))]) if extra else R
+        s = torch.rand(S, generator=g, dtype=torch.float64)
+        s[::9] = 0.5  # ties, ordered by index
+        if m == 3:
+            s[0] = float("nan")
+        cs.append(c)
+        Rs.append(R)
+        ss.append(s)
+    got = first_representatives(torch.stack(cs), torch.stack(Rs), torch.stack(ss), keep, 3.0, 6.0)
+    for m in range(M):
+        want = cluster_poses(cs[m], Rs[m], ss[m], 3.0, 6.0).representative[:keep].tolist()
+        assert got[m][got[m] >= 0].tolist() == want, m
+        assert (got[m] >= 0).sum() == min(keep, len(cluster_poses(cs[m], Rs[m], ss[m]).representative))

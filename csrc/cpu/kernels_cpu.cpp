@@ -3,6 +3,10 @@
 // scores over thousands of atoms keep their precision.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <list>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -242,17 +246,32 @@ void group_spheres(const float* x, const float* y, const float* z, const std::ve
 }
 
 // One-channel float32 volumes take the vector-of-atoms kernel of score_avx2.h (8 or 16
-// lanes), which reads the atoms as padded structure-of-arrays, built once per call
-// (O(atoms)). Within each molecule the atoms are put in Z-order (4 A cells): a rigid
-// motion keeps neighbours together, so consecutive atoms then read nearby voxels from
-// cache. Only the order of the sums changes.
-void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order) {
+// lanes), which reads the atoms as padded structure-of-arrays (O(atoms) to build; the
+// last few are kept, prepared_atoms). Within each molecule the atoms are put in Z-order
+// (4 A cells): a rigid motion keeps neighbours together, so consecutive atoms then read
+// nearby voxels from cache. Only the order of the sums changes.
+
+// The padded structure-of-arrays atoms of a call, with their bounding spheres.
+struct PreparedAtoms {
+  std::vector<float> points;      // the call's points [A, 3] and offsets [M + 1]: the key
+  std::vector<int64_t> offsets;
+  std::vector<float> soa;         // x, y, z, keep, each start[M] long
+  std::vector<int64_t> start;
+  std::vector<float> sphere;
+  std::vector<int64_t> first_sphere;
+};
+
+std::shared_ptr<const PreparedAtoms> prepare_atoms(const ScoreArgs<float>& a) {
   const int64_t M = a.n_mol;
-  std::vector<int64_t> start(M + 1, 0);
+  auto out = std::make_shared<PreparedAtoms>();
+  out->points.assign(a.points, a.points + 3 * a.offsets[M]);
+  out->offsets.assign(a.offsets, a.offsets + M + 1);
+  std::vector<int64_t>& start = out->start;
+  start.assign(M + 1, 0);
   constexpr int64_t L = simd::kLanes;
   for (int64_t m = 0; m < M; ++m) start[m + 1] = start[m] + (a.offsets[m + 1] - a.offsets[m] + L - 1) / L * L;
-  std::vector<float> soa(4 * start[M] + 1);
-  float *x = soa.data(), *y = x + start[M], *z = y + start[M], *keep = z + start[M];
+  out->soa.assign(4 * start[M] + 1, 0.f);
+  float *x = out->soa.data(), *y = x + start[M], *z = y + start[M], *keep = z + start[M];
   for (int64_t m = 0; m < M; ++m) {
     const int64_t b = a.offsets[m], n = a.offsets[m + 1] - b;
     const std::vector<int64_t> order = sorted_by(n, [&](int64_t k) {  // 4 A cells
@@ -266,10 +285,47 @@ void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order
       keep[start[m] + k] = k < n ? 1.f : 0.f;
     }
   }
-  std::vector<float> sphere;
-  std::vector<int64_t> first_sphere;
-  group_spheres(x, y, z, start, sphere, first_sphere);
-  const simd::PaddedAtoms atoms{x, y, z, keep, start.data(), sphere.data(), first_sphere.data()};
+  group_spheres(x, y, z, start, out->sphere, out->first_sphere);
+  return out;
+}
+
+// The prepared atoms of a call's points: a descent calls the kernel again and again with
+// the same points, and preparing them (Z-order sort, padding, spheres) cost as much as
+// sampling them when there are few placements per molecule. The last few are kept, keyed
+// by the points' and offsets' full contents (compared, not hashed: a hit is exact).
+std::shared_ptr<const PreparedAtoms> prepared_atoms(const ScoreArgs<float>& a) {
+  static std::mutex mu;
+  static std::list<std::shared_ptr<const PreparedAtoms>> recent;  // most recent first
+  constexpr size_t kKept = 4;
+  const int64_t M = a.n_mol, A = a.offsets[M];
+  const auto same = [&](const PreparedAtoms& p) {
+    return int64_t(p.offsets.size()) == M + 1 && int64_t(p.points.size()) == 3 * A &&
+           std::memcmp(p.offsets.data(), a.offsets, sizeof(int64_t) * (M + 1)) == 0 &&
+           std::memcmp(p.points.data(), a.points, sizeof(float) * 3 * A) == 0;
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto it = recent.begin(); it != recent.end(); ++it)
+      if (same(**it)) {
+        auto hit = *it;
+        recent.erase(it);
+        recent.push_front(hit);
+        return hit;
+      }
+  }
+  auto made = prepare_atoms(a);
+  std::lock_guard<std::mutex> lock(mu);
+  recent.push_front(made);
+  if (recent.size() > kKept) recent.pop_back();
+  return made;
+}
+
+void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order) {
+  const std::shared_ptr<const PreparedAtoms> prep = prepared_atoms(a);
+  const int64_t n = prep->start.back();
+  const float* x = prep->soa.data();
+  const simd::PaddedAtoms atoms{x, x + n, x + 2 * n, x + 3 * n, prep->start.data(),
+                                prep->sphere.data(), prep->first_sphere.data()};
   const int64_t P = a.place.n_place;
 #pragma omp parallel for schedule(dynamic, 8) if (n_samples(a.place, a.offsets) >= kParallelSamples)
   for (int64_t i = 0; i < P; ++i) simd::score_placement_c1(a, atoms, order[i]);

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .errors import DifffitInputError
 
-__all__ = ["Clusters", "cluster_poses"]
+__all__ = ["Clusters", "cluster_poses", "first_representatives"]
 
 _BLOCK = 1024  # placements per block; bounds the [block, K] and [block, block] work arrays
 
@@ -187,6 +187,50 @@ def cluster_poses(
     size = torch.bincount(torch.from_numpy(labels_o), minlength=K)  # [K]
     best_score = scores.detach().to("cpu")[representative].to(score_dtype)
     return Clusters(labels=labels, representative=representative, size=size, best_score=best_score)
+
+
+def first_representatives(centers: Tensor, rotations: Tensor, scores: Tensor, keep: int,
+                          shift_tol: float = 3.0, angle_tol_deg: float = 6.0) -> Tensor:
+    """The first ``keep`` representatives :func:`cluster_poses` would give, for M sets of
+    placements at once (M molecules' starts, say): the same greedy rule (best score first,
+    ties by index; a placement founds a cluster unless it is within both tolerances of an
+    earlier representative), stepping through the S placements of all sets together.
+
+    Args:
+        centers: [M, S, 3]; rotations: [M, S, 3, 3]; scores: [M, S] (higher is better;
+            non-finite scores, centres or rotations take no part, as there).
+
+    Returns:
+        [M, keep] int64 indices into S, best cluster first; -1 where a set has fewer
+        clusters.
+    """
+    M, S = scores.shape
+    c = centers.detach().to("cpu", torch.float64)
+    R = rotations.detach().to("cpu", torch.float64).reshape(M, S, 9)
+    s = scores.detach().to("cpu", torch.float64)
+    ok = torch.isfinite(s) & torch.isfinite(c).all(-1) & torch.isfinite(R).all(-1)
+    order = torch.argsort(-torch.where(ok, s, -math.inf), dim=1, stable=True)   # [M, S]
+    c = c.gather(1, order[..., None].expand(M, S, 3))
+    R = R.gather(1, order[..., None].expand(M, S, 9))
+    ok = ok.gather(1, order)
+    shift_tol2 = float(shift_tol) ** 2
+    trace_min = 1.0 + 2.0 * math.cos(math.radians(min(float(angle_tol_deg), 180.0)))
+    reps = torch.full((M, keep), -1, dtype=torch.int64)
+    rep_c, rep_R = torch.zeros(M, keep, 3, dtype=torch.float64), torch.zeros(M, keep, 9, dtype=torch.float64)
+    n = torch.zeros(M, dtype=torch.int64)
+    rows = torch.arange(M)
+    for u in range(S):
+        used = torch.arange(keep)[None, :] < n[:, None]                       # [M, keep]
+        near = (used & ((rep_R * R[:, u, None]).sum(-1) >= trace_min)
+                & ((rep_c - c[:, u, None]).square().sum(-1) <= shift_tol2))
+        new = ok[:, u] & ~near.any(1) & (n < keep)
+        if new.any():
+            m = rows[new]
+            rep_c[m, n[m]], rep_R[m, n[m]], reps[m, n[m]] = c[m, u], R[m, u], order[m, u]
+            n[m] += 1
+        if bool((n >= keep).all()):
+            break
+    return reps
 
 
 def _check_inputs(centers, rotations, scores, valid):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cluster import cluster_poses
+from .cluster import first_representatives
 from .gmm import kmeans
 from .maps import DensityMap
 from .metrics import Metrics, ragged
@@ -148,18 +148,20 @@ def coarse_search(dmap: DensityMap, structures: list[Structure], resolution: flo
             for a, b in chunks(n_pts, params.max_points_per_batch)]
     q_best, t_best, s_best = _best_records(recs)
 
-    # The best distinct poses of each structure by the coarse score.
-    R = quat_to_matrix(q_best.double().cpu())
+    # The best distinct poses of each structure by the coarse score. Only the best starts
+    # can be among them: those are clustered (clustering all costs more than the search).
+    R = quat_to_matrix(q_best.double().cpu()).reshape(M, per, 3, 3)
+    s_all = s_best.double().cpu().reshape(M, per)
+    top = torch.argsort(-s_all, dim=1, stable=True)[:, :_CLUSTERED]                # [M, T]
+    t_all = t_best.double().cpu().reshape(M, per, 3)
+    reps = first_representatives(t_all.gather(1, top[..., None].expand(-1, -1, 3)),
+                                 R.gather(1, top[..., None, None].expand(-1, -1, 3, 3)),
+                                 s_all.gather(1, top), keep, params.shift_tol, params.angle_tol)
     sel, sel_m = [], []
     for i in range(M):
-        # Only the best starts can be among the best distinct poses: cluster those
-        # (clustering all of them costs more than the coarse search itself).
-        idx = i * per + torch.argsort(-s_best[i * per:(i + 1) * per].cpu(), stable=True)[:_CLUSTERED]
-        cl = cluster_poses(t_best[idx].double().cpu(), R[idx], s_best[idx].double().cpu(),
-                           params.shift_tol, params.angle_tol)
-        reps = idx[torch.as_tensor(cl.representative[:keep], dtype=torch.int64)]
-        sel.append(reps)
-        sel_m += [i] * len(reps)
+        r = reps[i][reps[i] >= 0]
+        sel.append(i * per + top[i, r])
+        sel_m += [i] * len(r)
     sel_idx = torch.cat(sel).to(q_best.device)
     q_sel, t_sel = q_best[sel_idx], t_best[sel_idx]
     m_sel = torch.tensor(sel_m, dtype=torch.int64, device=device)
