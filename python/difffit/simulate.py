@@ -51,14 +51,20 @@ def splat_atoms(coords: np.ndarray, atomic_numbers: np.ndarray, resolution: floa
     Returns:
         [nz, ny, nx] array.
     """
-    sigma = sigma_for(resolution)
-    norm = (2.0 * math.pi) ** -1.5 * sigma ** -3
+    sigma, amp64 = _amplitudes(atomic_numbers, resolution)
     tdt = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
     pts = torch.as_tensor(np.ascontiguousarray(coords, dtype=np.float64), device=device).to(tdt)
-    amp = torch.as_tensor(np.asarray(atomic_numbers, dtype=np.float64) * norm, device=device).to(tdt)
+    amp = torch.as_tensor(amp64, device=device).to(tdt)
     grid = ops.splat(pts, amp, sigma, CUTOFF_SIGMAS, list(shape_zyx),
                      list(map(float, origin)), list(map(float, voxel_size)))
     return grid.cpu().numpy().astype(dtype, copy=False)
+
+
+def _amplitudes(atomic_numbers: np.ndarray, resolution: float) -> tuple[float, np.ndarray]:
+    """(sigma, [N] float64 peak heights): each atom a normalised Gaussian of its electrons."""
+    sigma = sigma_for(resolution)
+    norm = (2.0 * math.pi) ** -1.5 * sigma ** -3
+    return sigma, np.asarray(atomic_numbers, dtype=np.float64) * norm
 
 
 def molmap_grid(coords: np.ndarray, resolution: float, spacing: float | None = None
@@ -187,8 +193,6 @@ def molmap_envelopes(structures: Sequence[tuple[np.ndarray, np.ndarray]], resolu
         (points [K, 3] world coordinates, values [K] float64, counts [M]): the structures'
         envelopes one after another.
     """
-    sigma = sigma_for(resolution)
-    norm = (2.0 * math.pi) ** -1.5 * sigma ** -3
     M = len(structures)
     local, grids, fr = [], np.zeros((M, 7)), np.zeros((M, 12))
     for k, (xyz, _) in enumerate(structures):
@@ -202,8 +206,9 @@ def molmap_envelopes(structures: Sequence[tuple[np.ndarray, np.ndarray]], resolu
         fr[k, :9], fr[k, 9:] = np.asarray(axes).ravel(), origin
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in local], dtype=np.int64)])
     pts = np.concatenate(local).astype(np.float32) if M else np.zeros((0, 3), np.float32)
-    amp = ((np.concatenate([np.asarray(z, dtype=np.float64) for _, z in structures]) * norm)
-           if M else np.zeros(0)).astype(np.float32)
+    sigma, amp = _amplitudes(np.concatenate([np.asarray(z) for _, z in structures])
+                             if M else np.zeros(0), resolution)
+    amp = amp.astype(np.float32)
     xyz, val, counts = ops.envelopes(pts, amp, offsets, grids, fr, sigma, CUTOFF_SIGMAS,
                                      ENCLOSED_FRACTION)
     return xyz, val.astype(np.float64), counts
@@ -213,7 +218,8 @@ def _trim_to_cutoff(lo: np.ndarray, step: float, shape_zyx: tuple[int, int, int]
                     resolution: float) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Molmap's lattice without the layers that lie beyond every Gaussian's cutoff: there
     the simulated density is exactly 0, below any contour, so the envelope is the same
-    points with the same values, from about half the voxels.
+    points (values equal up to float32 rounding of the shifted origin), from about half
+    the voxels.
 
     A layer t steps in from the box's face is at least pad - t step from every atom; the
     trim keeps one step of slack beyond the cutoff radius.
