@@ -116,8 +116,11 @@ void score(int device, uintptr_t vol, std::array<int64_t, 4> shape, std::array<d
   a.n_mol = n_mol;
   a.place = placements<T>(quat, trans, mol_idx, n_place);
   a.score = mptr<T>(out_score, "score");
-  a.grad_q = mptr<T>(out_grad_q, "grad_q");
-  a.grad_t = mptr<T>(out_grad_t, "grad_t");
+  // Both gradient outputs null: the score only (a scan), on the CPU kernels.
+  const bool grads = out_grad_q != 0 || out_grad_t != 0;
+  require(grads || device == kCPU, "score: gradient outputs are required on this device");
+  a.grad_q = grads ? mptr<T>(out_grad_q, "grad_q") : nullptr;
+  a.grad_t = grads ? mptr<T>(out_grad_t, "grad_t") : nullptr;
   run_on_device(device, a, stream);
 }
 

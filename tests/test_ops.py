@@ -82,6 +82,21 @@ def test_score_float32_one_channel_gradients_match_float64_reference(shape, spre
     torch.testing.assert_close(gt.double(), t.grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C,shape,spread", [(1, (40, 36, 32), 6.0),    # groups inside the grid
+                                            (1, (17, 13, 11), 14.0),   # clamped atoms
+                                            (1, (9, 12, 1), 4.0),      # one-voxel x axis
+                                            (3, (40, 30, 20), 6.0)])   # several channels
+def test_score_without_autograd_is_the_score_with_gradients(dtype, C, shape, spread):
+    """A call that needs no gradient runs the kernel's score-only form (a scan): the same
+    scores, bit for bit, as the full kernel's."""
+    case = make_case(C=C, sizes=(1, 7, 200, 33), P=300, shape=shape, spread=spread, seed=5)
+    case = [c.to(dtype) if torch.is_tensor(c) and c.is_floating_point() else c for c in case]
+    alone = ops.score(*case)
+    with_grads = ops.score_with_grad(*case)[0]
+    assert torch.equal(alone, with_grads)
+
+
 _CPU_VARIANTS = ("baseline", "avx2", "avx512")  # slowest to fastest
 
 
@@ -94,7 +109,8 @@ def test_lower_cpu_builds_pass_the_kernel_tests(variant):
         pytest.skip(f"this machine runs the {running} build already")
     env = {**os.environ, "DIFFFIT_CPU": variant}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "matches_reference or float32 or gradcheck or outside or one_voxel"],
+                          "-k", "matches_reference or float32 or gradcheck or outside or one_voxel"
+                          " or without_autograd"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert " passed" in run.stdout

@@ -327,8 +327,13 @@ void score_all_simd(const ScoreArgs<float>& a, const std::vector<int64_t>& order
   const simd::PaddedAtoms atoms{x, x + n, x + 2 * n, x + 3 * n, prep->start.data(),
                                 prep->sphere.data(), prep->first_sphere.data()};
   const int64_t P = a.place.n_place;
+  if (a.grad_q == nullptr) {
 #pragma omp parallel for schedule(dynamic, 8) if (n_samples(a.place, a.offsets) >= kParallelSamples)
-  for (int64_t i = 0; i < P; ++i) simd::score_placement_c1(a, atoms, order[i]);
+    for (int64_t i = 0; i < P; ++i) simd::score_placement_c1<false>(a, atoms, order[i]);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 8) if (n_samples(a.place, a.offsets) >= kParallelSamples)
+  for (int64_t i = 0; i < P; ++i) simd::score_placement_c1<true>(a, atoms, order[i]);
 }
 #endif
 
@@ -344,7 +349,7 @@ void score_all(const ScoreArgs<T>& a) {
 }
 
 template <typename T>
-void score_cpu(const ScoreArgs<T>& a) {
+void score_channels(const ScoreArgs<T>& a) {
   switch (a.vol.nc) {
     case 1: return score_all<T, 1>(a);
     case 2: return score_all<T, 2>(a);
@@ -355,6 +360,21 @@ void score_cpu(const ScoreArgs<T>& a) {
     case 8: return score_all<T, 8>(a);
     default: return score_all<T, 0>(a);
   }
+}
+
+template <typename T>
+void score_cpu(const ScoreArgs<T>& a) {
+  if (a.grad_q != nullptr && a.grad_t != nullptr) return score_channels(a);
+#ifdef DIFFFIT_SIMD_SCORE
+  if constexpr (std::is_same_v<T, float>)
+    if (a.vol.nc == 1) return score_all_simd(a, spatial_order(a.place, a.vol));
+#endif
+  // The score only, where only the full kernel exists: its gradients go to scratch.
+  std::vector<T> grad_q(4 * a.place.n_place), grad_t(3 * a.place.n_place);
+  ScoreArgs<T> b = a;
+  b.grad_q = grad_q.data();
+  b.grad_t = grad_t.data();
+  score_channels(b);
 }
 
 // Statistics of one placement, in the blocked three-pass form of score_placement (index

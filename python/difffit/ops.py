@@ -200,8 +200,9 @@ def _score_impl(volume: Tensor, weights: Tensor, frame: list[float], points: Ten
 
 
 def _run_score(volume, weights, frame, points, offsets, quat, trans, mol_idx,
-               pointwise: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """_score_impl; pointwise as in _device_args."""
+               pointwise: bool = False, grads: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """_score_impl; pointwise as in _device_args. ``grads=False`` on the CPU: the score
+    alone (the same values; the gradients returned are None)."""
     _check_volume(volume)
     dtype, device = volume.dtype, volume.device
     _check_tensor("weights", weights, dtype, device, (volume.shape[3],))
@@ -220,15 +221,16 @@ def _run_score(volume, weights, frame, points, offsets, quat, trans, mol_idx,
         volume = _channel_sum(volume, weights)
         weights = torch.ones(1, dtype=dtype, device=device)
     score = torch.empty(P, dtype=dtype, device=device)
-    grad_q = torch.empty(P, 4, dtype=dtype, device=device)
-    grad_t = torch.empty(P, 3, dtype=dtype, device=device)
+    grads = grads or pointwise or device.type != "cpu"
+    grad_q = torch.empty(P, 4, dtype=dtype, device=device) if grads else None
+    grad_t = torch.empty(P, 3, dtype=dtype, device=device) if grads else None
     dev, stream = _device_args(volume, pointwise)
     with _DeviceGuard(volume):
         getattr(load(), "score_" + _suffix(dtype))(
             dev, volume.data_ptr(), list(volume.shape), frame[:3], frame[3:], weights.data_ptr(),
             points.data_ptr(), offsets.data_ptr(), offsets.numel() - 1, quat.data_ptr(),
-            trans.data_ptr(), mol_idx.data_ptr(), P, score.data_ptr(), grad_q.data_ptr(),
-            grad_t.data_ptr(), stream)
+            trans.data_ptr(), mol_idx.data_ptr(), P, score.data_ptr(),
+            grad_q.data_ptr() if grads else 0, grad_t.data_ptr() if grads else 0, stream)
     return score, grad_q, grad_t
 
 
@@ -430,8 +432,8 @@ def score(volume: Tensor, weights: Tensor, origin: Sequence[float], voxel_size: 
         s = _score_op(*args)[0]
     elif _needs_grad(*tensors):
         s = _ScoreFunction.apply(*args)
-    else:
-        s = _score_impl(*args)[0]
+    else:  # no autograd: the kernel's score-only form where it has one
+        s = _run_score(*args, grads=False)[0]
     return _out(s, numpy)
 
 

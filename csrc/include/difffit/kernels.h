@@ -55,7 +55,7 @@ struct ScoreArgs {
   int64_t n_mol;
   Placements<T> place;
   T* score;                 // [P] mean weighted density over the molecule's points
-  T* grad_q;                // [P, 4] d score / d quat
+  T* grad_q;                // [P, 4] d score / d quat; null with grad_t: the score only (CPU)
   T* grad_t;                // [P, 3] d score / d trans
 };
 
