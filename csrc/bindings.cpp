@@ -225,6 +225,28 @@ py::tuple envelopes(uintptr_t points, uintptr_t amplitudes, uintptr_t offsets, i
   return py::make_tuple(xyz, val, counts);
 }
 
+// CPU only: k-means steps of many point sets; centres and labels are updated in place.
+void kmeans(uintptr_t points, uintptr_t offsets, int64_t n_sets, uintptr_t centres,
+            uintptr_t centre_offsets, int iters, uintptr_t labels) {
+  require(n_sets >= 0 && iters >= 0, "kmeans: n_sets and iters must not be negative");
+  KmeansArgs a;
+  a.offsets = cptr<int64_t>(offsets, "offsets");
+  a.centre_offsets = cptr<int64_t>(centre_offsets, "centre_offsets");
+  for (int64_t m = 0; m < n_sets; ++m) {
+    const int64_t n = a.offsets[m + 1] - a.offsets[m];
+    const int64_t k = a.centre_offsets[m + 1] - a.centre_offsets[m];
+    require(k >= 1 && k <= n, "kmeans: every set needs between 1 and its point count of centres");
+  }
+  if (n_sets == 0) return;
+  a.points = cptr<double>(points, "points");
+  a.centres = mptr<double>(centres, "centres");
+  a.labels = mptr<int64_t>(labels, "labels");
+  a.n_sets = n_sets;
+  a.iters = iters;
+  py::gil_scoped_release nogil;
+  kmeans_cpu(a);
+}
+
 py::dict build_info() {
   py::dict d;
 #ifdef DIFFFIT_WITH_CUDA
@@ -274,4 +296,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("splat_f64", &splat<double>);
   m.def("envelopes_f32", &envelopes<float>);
   m.def("envelopes_f64", &envelopes<double>);
+  m.def("kmeans", &kmeans);
 }

@@ -56,6 +56,30 @@ def test_kmeans_is_weighted_and_deterministic():
         gmm.kmeans(pts, 0)
 
 
+def test_compiled_kmeans_steps_match_the_reference_on_real_structures(shared_data):
+    """ops.kmeans_steps (every set in one call) against gmm.kmeans one set at a time, as
+    the coarse search seeds it (the chain cut into pieces, 3 steps) and from far-off
+    centres (more steps, clusters that empty and are re-seeded)."""
+    from difffit import ops
+    from difffit.gmm_search import chain_pieces
+
+    files = [PACRG, DECOY, "daq_emd2566_3j6b/3J6B_9.pdb", "hemoglobin_emd3488_5ni1/5ni1_updated.cif"]
+    xyz = [read_structure(data_file(shared_data, f)).fit_coords for f in files]
+    rng = np.random.default_rng(4)
+    for iters, seeds in ((3, [chain_pieces(x, len(x) // 20)[0] for x in xyz]),
+                         (25, [x[rng.choice(len(x), 12, replace=False)] * 0.2 + 40 for x in xyz])):
+        off = np.concatenate([[0], np.cumsum([len(x) for x in xyz])])
+        c_off = np.concatenate([[0], np.cumsum([len(c) for c in seeds])])
+        centres, labels = ops.kmeans_steps(np.concatenate(xyz), off, np.concatenate(seeds),
+                                           c_off, iters)
+        for i, (x, c0) in enumerate(zip(xyz, seeds)):
+            want_c, want_l = gmm.kmeans(x, len(c0), None, iters=iters, init=c0)
+            np.testing.assert_array_equal(labels[off[i]:off[i + 1]], want_l)
+            np.testing.assert_allclose(centres[c_off[i]:c_off[i + 1]], want_c, rtol=0, atol=1e-9)
+    with pytest.raises(DifffitInputError, match="do not agree"):
+        ops.kmeans_steps(xyz[0], [0, len(xyz[0])], seeds[0], [0, 5, len(seeds[0])], 3)
+
+
 def test_nearest_neighbour_rule_on_a_real_domain(pacrg):
     """N from the rule gives centres spaced about the resolution apart; at the atoms' own
     spacing (finer) one Gaussian per heavy atom."""

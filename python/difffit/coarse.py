@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .gmm_search import chain_pieces, level_shift, search_points
+from .gmm_search import chain_pieces, level_shift, search_points_many
 from .metrics import ragged
 from .params import FitParams
 from .preprocess import Pyramid
@@ -100,11 +100,9 @@ def prepare(structs: list[Structure], params: FitParams, voxel, device) -> Coars
     """Each structure's coarse points (``coarse_atoms`` fitted atoms per point, centred on
     its fitted atoms' centroid as the fit's atoms are) and its level shift; the volumes
     come later from the pyramid (:meth:`CoarseStage.split`)."""
-    pts, shift = [], []
-    for s in structs:
-        p, var = search_points(s, params.coarse_atoms, seed=params.seed)
-        pts.append(p)
-        shift.append(level_shift(var, voxel, params))
+    found = search_points_many(structs, params.coarse_atoms)
+    pts = [p for p, _ in found]
+    shift = [level_shift(var, voxel, params) for _, var in found]
     points, offsets = ragged(pts, device)
     return CoarseStage(Batch(points, offsets), torch.tensor(shift, dtype=torch.int64))
 

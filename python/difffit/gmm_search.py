@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from . import ops
 from .cluster import first_representatives
-from .gmm import kmeans
 from .maps import DensityMap
 from .metrics import Metrics, ragged
 from .params import FitParams
@@ -33,7 +34,7 @@ from .search import Batch, chunks, optimise, refine_against_map
 from .starts import scanned_starts, spread_positions
 from .structures import Structure
 
-__all__ = ["CoarseHit", "search_points", "chain_pieces", "level_shift", "coarse_volume",
+__all__ = ["CoarseHit", "search_points_many", "chain_pieces", "level_shift", "coarse_volume",
            "coarse_search"]
 
 _CLUSTERED = 64   # best starts of each structure clustered into distinct poses
@@ -50,27 +51,35 @@ class CoarseHit:
     score: float           # the best pose's rank_by metric
 
 
-def search_points(structure: Structure, atoms_per_point: float, min_points: int = 8,
-                  seed: int = 0) -> tuple[np.ndarray, float]:
-    """The coarse points of a structure, centred on its fitted atoms' centroid.
+def search_points_many(structures: Sequence[Structure], atoms_per_point: float,
+                       min_points: int = 8) -> list[tuple[np.ndarray, float]]:
+    """The coarse points of each structure, centred on its fitted atoms' centroid.
 
     A k-means of the fitted atoms into max(min_points, n / atoms_per_point) groups, seeded
     by the chain cut into that many consecutive pieces (compact already, so three Lloyd
-    steps suffice); each group's centre repeated round(n_j / mean n) times (at least
-    once) so the unweighted mean the kernel takes weighs it by its atoms.
+    steps suffice; every structure's in one compiled call, :func:`difffit.ops.kmeans_steps`);
+    each group's centre repeated round(n_j / mean n) times (at least once) so the
+    unweighted mean the kernel takes weighs it by its atoms.
 
     Returns:
-        (points [P, 3] centred, mean within-group variance per axis in A^2).
+        per structure: (points [P, 3] centred, mean within-group variance per axis in A^2).
     """
-    xyz = structure.fit_coords
-    c0 = xyz.mean(0)
-    n = int(min(len(xyz), max(min_points, math.ceil(len(xyz) / atoms_per_point))))
-    init, _ = chain_pieces(xyz, n)
-    centres, labels = kmeans(xyz, n, None, iters=3, seed=seed, init=init)
-    count = np.bincount(labels, minlength=n).astype(np.float64)
-    var = float(((xyz - centres[labels]) ** 2).sum() / (3 * len(xyz)))
-    reps = np.maximum(np.rint(count / count.mean()), 1).astype(int)
-    return np.repeat(centres, reps, axis=0) - c0, var
+    xyz = [s.fit_coords for s in structures]
+    ns = [int(min(len(x), max(min_points, math.ceil(len(x) / atoms_per_point)))) for x in xyz]
+    init = [chain_pieces(x, n)[0] for x, n in zip(xyz, ns)]
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in xyz])])
+    c_offsets = np.concatenate([[0], np.cumsum(ns)])
+    centres, labels = ops.kmeans_steps(np.concatenate(xyz), offsets, np.concatenate(init),
+                                       c_offsets, 3)
+    out = []
+    for i, x in enumerate(xyz):
+        c = centres[c_offsets[i]:c_offsets[i + 1]]
+        lab = labels[offsets[i]:offsets[i + 1]]
+        count = np.bincount(lab, minlength=ns[i]).astype(np.float64)
+        var = float(((x - c[lab]) ** 2).sum() / (3 * len(x)))
+        reps = np.maximum(np.rint(count / count.mean()), 1).astype(int)
+        out.append((np.repeat(c, reps, axis=0) - x.mean(0), var))
+    return out
 
 
 def chain_pieces(xyz: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,11 +136,7 @@ def coarse_search(dmap: DensityMap, structures: list[Structure], resolution: flo
         polish_iters: atom steps of each kept pose (0: none).
     """
     device = params.torch_device()
-    pts_c, var = [], []
-    for s in structures:
-        p, v = search_points(s, atoms_per_point, seed=params.seed)
-        pts_c.append(p)
-        var.append(v)
+    pts_c, var = map(list, zip(*search_points_many(structures, atoms_per_point)))
     pyr, volume = coarse_volume(dmap, threshold, params, float(np.mean(var)))
     origin, voxel = pyr.origin.tolist(), pyr.voxel_size.tolist()
     pts, off = ragged(pts_c, device)

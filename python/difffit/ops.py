@@ -522,3 +522,34 @@ def envelopes(points: np.ndarray, amplitudes: np.ndarray, offsets: np.ndarray,
     fn = getattr(load(), "envelopes_" + ("f32" if dtype == np.float32 else "f64"))
     return fn(pts.ctypes.data, amp.ctypes.data, off.ctypes.data, M, g.ctypes.data,
               fr.ctypes.data, float(sigma), float(cutoff), float(fraction))
+
+
+def kmeans_steps(points: np.ndarray, offsets: np.ndarray, centres: np.ndarray,
+                 centre_offsets: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd steps of k-means (unit weights) on many point sets at once, on the CPU,
+    parallel over the sets (:func:`difffit.gmm.kmeans` with ``init`` is the one-set
+    reference: the same steps, the same stop when no label changes, the same re-seeding
+    of a centre left without points).
+
+    Args:
+        points: [A, 3]; offsets: [M + 1] int64: set m is points[offsets[m]:offsets[m + 1]].
+        centres: [C, 3] starting centres; centre_offsets: [M + 1]: set m's centres
+            (at least 1, at most its point count).
+        iters: at most this many steps.
+
+    Returns:
+        (centres [C, 3] float64, labels [A] int64: each point's centre within its set).
+    """
+    pts = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
+    off = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)
+    c = np.array(centres, dtype=np.float64, order="C").reshape(-1, 3)
+    c_off = np.ascontiguousarray(centre_offsets, dtype=np.int64).reshape(-1)
+    if (len(off) != len(c_off) or len(off) == 0 or off[0] != 0 or c_off[0] != 0
+            or off[-1] != len(pts) or c_off[-1] != len(c) or np.any(np.diff(off) < 0)
+            or np.any(np.diff(c_off) < 0)):
+        raise DifffitInputError(f"kmeans_steps: {len(pts)} points in {len(off) - 1} sets and "
+                                f"{len(c)} centres in {len(c_off) - 1} sets do not agree")
+    labels = np.zeros(len(pts), dtype=np.int64)
+    load().kmeans(pts.ctypes.data, off.ctypes.data, len(off) - 1, c.ctypes.data,
+                  c_off.ctypes.data, int(iters), labels.ctypes.data)
+    return c, labels

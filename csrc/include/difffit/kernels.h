@@ -142,6 +142,21 @@ struct EnvelopeArgs {
 template <typename T>
 void envelopes_cpu(const EnvelopeArgs<T>& a, std::vector<std::vector<double>>& coords,
                    std::vector<std::vector<T>>& value);
+// Lloyd steps of k-means (unit weights) on n_sets point sets at once (csrc/cpu/kmeans.cpp):
+// set m's points offsets[m] .. offsets[m + 1] and centres centre_offsets[m] ..
+// centre_offsets[m + 1] (updated in place); labels [A] get each point's centre (within its
+// set). Up to `iters` steps, stopping when the labels no longer change; a centre left
+// without points moves to the farthest-served point. CPU only: set-up work.
+struct KmeansArgs {
+  const double* points;           // [A, 3]
+  const int64_t* offsets;         // [n_sets + 1]
+  double* centres;                // [C, 3]
+  const int64_t* centre_offsets;  // [n_sets + 1]
+  int64_t n_sets;
+  int iters;
+  int64_t* labels;                // [A]
+};
+void kmeans_cpu(const KmeansArgs& a);
 // Name of the CPU variant in use ("avx512", "avx2" or "baseline").
 const char* cpu_variant();
 // For tests only: the CUDA kernels' per-placement code (score_share / stats_share above,
