@@ -186,15 +186,19 @@ def chimerax_metrics(target: DensityMap, structures: Sequence[Structure],
     """
     volume = torch.from_numpy(np.asarray(target.data, dtype=np.float64)).unsqueeze(-1).contiguous()
     sim = {i: _simulated_atoms(structures[i]) for i in set(int(i) for i in index)}
-    env_pts, env_w, atoms, ones = [], [], [], []
+    atoms, zs = [], []
     for R, t, i in zip(rotations, translations, index):
         xyz, z = sim[int(i)]
-        moved = xyz @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64)
-        p, v = _envelope(simulator, moved, z, resolution, target)
-        env_pts.append(p)
-        env_w.append(v)
-        atoms.append(moved)
-        ones.append(np.ones(len(moved)))
+        atoms.append(xyz @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64))
+        zs.append(z)
+    if simulator is None and atoms:  # molmap's: every placement in one compiled call
+        pts, val, counts = molmap_envelopes(list(zip(atoms, zs)), resolution)
+        cuts = np.cumsum(counts)[:-1]
+        env_pts, env_w = np.split(pts, cuts), np.split(val, cuts)
+    else:
+        env = [_envelope(simulator, xyz, z, resolution, target) for xyz, z in zip(atoms, zs)]
+        env_pts, env_w = [p for p, _ in env], [v for _, v in env]
+    ones = [np.ones(len(a)) for a in atoms]
     st = torch.from_numpy(_sums_at(volume, target, env_pts, env_w, 0.0))
     n_env = torch.tensor([float(len(p)) for p in env_pts], dtype=torch.float64)
     overlap, corr, cam = correlations(st, n_env)
