@@ -39,6 +39,8 @@ from .structures import Structure, simulation_mask
 
 __all__ = ["Metrics", "chimerax_metrics", "correlations", "ragged"]
 
+_EXACT_CHUNK = 32   # placements simulated per compiled call by chimerax_metrics
+
 
 def ragged(arrays: Sequence[np.ndarray], device, dtype=torch.float32) -> tuple[Tensor, Tensor]:
     """Concatenated points [A, 3] and offsets [M + 1] of a ragged list of [n_i, 3] arrays."""
@@ -186,26 +188,31 @@ def chimerax_metrics(target: DensityMap, structures: Sequence[Structure],
     """
     volume = torch.from_numpy(np.asarray(target.data, dtype=np.float64)).unsqueeze(-1).contiguous()
     sim = {i: _simulated_atoms(structures[i]) for i in set(int(i) for i in index)}
-    atoms, zs = [], []
-    for R, t, i in zip(rotations, translations, index):
-        xyz, z = sim[int(i)]
-        atoms.append(xyz @ np.asarray(R, dtype=np.float64).T + np.asarray(t, dtype=np.float64))
-        zs.append(z)
-    if simulator is None and atoms:  # molmap's: every placement in one compiled call
-        pts, val, counts = molmap_envelopes(list(zip(atoms, zs)), resolution)
-        cuts = np.cumsum(counts)[:-1]
-        env_pts, env_w = np.split(pts, cuts), np.split(val, cuts)
-    else:
-        env = [_envelope(simulator, xyz, z, resolution, target) for xyz, z in zip(atoms, zs)]
-        env_pts, env_w = [p for p, _ in env], [v for _, v in env]
-    ones = [np.ones(len(a)) for a in atoms]
-    st = torch.from_numpy(_sums_at(volume, target, env_pts, env_w, 0.0))
-    n_env = torch.tensor([float(len(p)) for p in env_pts], dtype=torch.float64)
-    overlap, corr, cam = correlations(st, n_env)
-    sa = _sums_at(volume, target, atoms, ones, _at_or_above(threshold))
-    n_atoms = np.array([float(len(a)) for a in atoms])
+    P = len(index)
+    st, sa = np.zeros((P, len(ops.STAT_NAMES))), np.zeros((P, len(ops.STAT_NAMES)))
+    n_env, n_atoms = np.zeros(P), np.zeros(P)
+    # In chunks of placements: every envelope of a chunk in one compiled call, and only one
+    # chunk's envelopes in memory (a few MB each for a large complex).
+    for a in range(0, P, _EXACT_CHUNK):
+        part = range(a, min(a + _EXACT_CHUNK, P))
+        atoms = [sim[int(index[k])][0] @ np.asarray(rotations[k], dtype=np.float64).T
+                 + np.asarray(translations[k], dtype=np.float64) for k in part]
+        zs = [sim[int(index[k])][1] for k in part]
+        if simulator is None:  # molmap's
+            pts, val, counts = molmap_envelopes(list(zip(atoms, zs)), resolution)
+            cuts = np.cumsum(counts)[:-1]
+            env_pts, env_w = np.split(pts, cuts), np.split(val, cuts)
+        else:
+            env = [_envelope(simulator, xyz, z, resolution, target) for xyz, z in zip(atoms, zs)]
+            env_pts, env_w = [p for p, _ in env], [v for _, v in env]
+        st[part.start:part.stop] = _sums_at(volume, target, env_pts, env_w, 0.0)
+        sa[part.start:part.stop] = _sums_at(volume, target, atoms, [np.ones(len(x)) for x in atoms],
+                                            _at_or_above(threshold))
+        n_env[part.start:part.stop] = [len(p) for p in env_pts]
+        n_atoms[part.start:part.stop] = [len(x) for x in atoms]
+    overlap, corr, cam = correlations(torch.from_numpy(st), torch.from_numpy(n_env))
     return {"correlation": corr.numpy(), "cam": cam.numpy(), "overlap": overlap.numpy(),
-            "envelope_points": n_env.numpy().astype(np.int64),
+            "envelope_points": n_env.astype(np.int64),
             "mean_density": sa[:, 2] / n_atoms, "inside_fraction": sa[:, 5] / n_atoms}
 
 
