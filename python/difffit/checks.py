@@ -359,10 +359,12 @@ def check_separation(names: Sequence[str], best: Sequence[float],
                            f"is {z_starts:.1f} deviations above the median of the search's "
                            f"{st.size} starts ({med:.3f}) and {z_random:.1f} above placements "
                            f"at random ({mean:.3f} +- {sd:.3f}), where a right model stands "
-                           f"far above both. The fit has probably not found this model in "
-                           f"the map: check that it belongs to this map, the voxel size "
+                           f"far above both. Either the fit has not found this model in "
+                           f"the map (check that it belongs to this map, the voxel size "
                            f"({opt('voxel_size')}), {opt('resolution')} and "
-                           f"{opt('threshold')}"))
+                           f"{opt('threshold')}), or the map does not fix its pose (a small "
+                           f"model in low-resolution density): treat the placement as "
+                           f"ambiguous"))
     return out
 
 
