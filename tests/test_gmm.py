@@ -182,7 +182,9 @@ def test_first_pass_keeps_the_top_and_its_scores(shared_data, tmp_path):
     quick = dict(n_rotations=16, n_positions=4, n_iters=60)
     dmap = data_file(shared_data, f"{DEMO}/density2.mrc")
     plain = identify(dmap, files, RES, CONTOUR, **quick)
-    fast = identify(dmap, files, RES, CONTOUR, first_pass=True, first_pass_top=1, **quick)
+    out = tmp_path / "fast"
+    fast = identify(dmap, files, RES, CONTOUR, first_pass=True, first_pass_top=1, outdir=out,
+                    top=4, **quick)
     assert fast.candidates[0].name == plain.candidates[0].name == "I7MLV6_D3"
     # The same fit in another batch: a candidate's fit does not depend on its batch
     # mates, so the score is the plain run's to the last bit.
@@ -194,7 +196,17 @@ def test_first_pass_keeps_the_top_and_its_scores(shared_data, tmp_path):
     assert not any(b["from_checkpoint"] for b in fast.batches)  # all fitted in this run
     assert [c.screened for c in fast.candidates] == [False] * fp["fitted"] + [True] * fp["screened_out"]
     assert "* screened out by the first pass" in fast.summary_table()
+    assert "nan" not in fast.summary_table()  # no estimate of a metric: "-"
     assert {r["fit"] for r in fast.rows()} == {"full", "first pass only"}
+    # Models only for the fully fitted (a screened-out candidate has no fit); the log
+    # counts the batches it lists.
+    models = sorted(p.name for p in (out / "models").iterdir())
+    assert len(models) == fp["fitted"] and models[0].startswith("rank001_I7MLV6_D3")
+    log = (out / "identify_log.txt").read_text()
+    assert f"batches ({len(fast.batches)} finished)" in log
+    assert log.count("  batch ") == len(fast.batches)
+    doc = json.loads((out / "ranking.json").read_text())
+    assert "screened out" in doc["columns"]["fit"]
 
 
 def test_cli_first_pass_with_k_above_the_library(shared_data, tmp_path, capsys):

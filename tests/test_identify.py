@@ -274,6 +274,12 @@ def test_cli_identify_writes_ranking_models_report_and_resumes(shared_data, smal
     assert main(args[:-1] + ["--resume"]) == 0  # everything from the checkpoint
     printed = capsys.readouterr().out
     assert "3 from the checkpoint" in printed and rows[0]["name"] in printed
+    # --force starts afresh: the earlier run's models go (a second model would contradict
+    # the new ranking), a file of the user's stays.
+    (out / "models" / "notes.txt").write_text("mine")
+    top1 = [a if a != "2" or args[i - 1] != "--top" else "1" for i, a in enumerate(args)]
+    assert main(top1 + ["--force"]) == 0
+    assert sorted(p.name for p in (out / "models").iterdir()) == sorted([models[0], "notes.txt"])
     assert main(["identify", str(_map(shared_data)), "--library", str(tmp_path / "no_such_folder"),
                  "-r", "4", "-o", str(tmp_path / "other"), "-q"]) == 2
     err = capsys.readouterr().err

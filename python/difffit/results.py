@@ -473,15 +473,20 @@ class IdentifyResult(_Placements):
         shown = self.candidates[: max(int(top), 0)]
         lines = [(str(c.rank), c.name + (" *" if c.screened else ""), str(c.n_atoms),
                   "-" if c.screened else f"{c.score:.3f}", "-" if c.screened else f"{c.zscore:.2f}",
-                  "-" if c.screened else str(c.hits), f"{c.metric('correlation'):.3f}",
-                  f"{c.metric('inside_fraction'):.2f}", fmt_centre(c.centre)) for c in shown]
+                  "-" if c.screened else str(c.hits), _number(c.metric('correlation'), 3),
+                  _number(c.metric('inside_fraction'), 2), fmt_centre(c.centre)) for c in shown]
         text = text_table(("rank", "candidate", "atoms", self.score, "z", "hits", "corr",
                            "inside", "centre (x, y, z) A"), lines, left=(1,))
         if len(self.candidates) > len(lines):
             text.append(f"... {len(self.candidates) - len(lines)} more in ranking.csv")
         n_screened = sum(c.screened for c in self.candidates)
         if n_screened:
-            text.append(f"* screened out by the first pass ({n_screened} in all): not fitted fully; "
-                        f"corr, inside and centre are its coarse estimate (ranking.csv: "
-                        f"fit = first pass only)")
+            text.append(f"* screened out by the first pass ({n_screened} in all): not fitted fully, "
+                        f"no model written; corr and centre are its coarse estimate "
+                        f"(ranking.csv: fit = first pass only)")
         return "\n".join(text)
+
+
+def _number(x: float, digits: int) -> str:
+    """A table cell: the number, or "-" when there is none (NaN)."""
+    return f"{x:.{digits}f}" if np.isfinite(x) else "-"

@@ -25,10 +25,18 @@ __all__ = ["main", "build_parser"]
 _COMMANDS = (fit, score, demo, composite, assemble, simulate, identify, train, gmm)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as every other bad input: one line, status 2, pointing to --help
+    (not the whole usage first). Subcommand parsers are made of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"difffit: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="difffit",
         description="Fit atomic structures into cryo-EM density maps by differentiable "
                     "rigid-body search (DiffFit).",

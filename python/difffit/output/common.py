@@ -140,7 +140,9 @@ _COLUMN_DOCS = {
     "n_clusters": "number of distinct placements found",
     "n_atoms": "atoms kept from the file",
     "n_fit_atoms": "atoms fitted (the selection)",
-    "batch": "the batch the candidate was fitted in",
+    "batch": "the batch the candidate was fitted in (-1: screened out by the first pass)",
+    "fit": "full: fitted fully; first pass only: screened out by identify's first pass "
+           "(no score; its metrics and pose are the coarse estimate)",
     "file": "the candidate's structure file",
 }
 

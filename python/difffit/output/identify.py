@@ -52,7 +52,8 @@ class RunLog:
             self.head.append(f"skipped {len(skipped)} unreadable file(s):")
             self.head += [f"  {f}: {why}" for f, why in skipped]
         self.head += ["", "parameters:"] + [f"  {k}: {v}" for k, v in asdict(params).items()]
-        self.lines: list[str] = []
+        self.lines: list[str] = []   # the batches, then (identify) the first pass's line
+        self.n_batches = 0
         self.tail: list[str] = []
 
     def batch(self, out: dict, from_checkpoint: bool) -> None:
@@ -62,13 +63,14 @@ class RunLog:
         how = "loaded from checkpoint" if from_checkpoint else \
             f"{out['seconds']:.1f} s on {out['device']} ({out['worker']})"
         self.lines.append(f"  batch {out['batch']}: {names}: {how}")
+        self.n_batches += 1
 
     def write(self, tail: list[str] | None = None) -> None:
         if tail is not None:
             self.tail = tail
         if self.path is None or not self.path.parent.is_dir():
             return
-        text = self.head + ["", f"batches ({len(self.lines)} finished):"] + self.lines + self.tail
+        text = self.head + ["", f"batches ({self.n_batches} finished):"] + self.lines + self.tail
         atomic_write(self.path, "\n".join(text) + "\n")
 
 
@@ -85,7 +87,8 @@ def write_identify_outputs(result: IdentifyResult, outdir, *, top: int = 10,
     hits, clusters, atoms, every metric, centre, rotation r11..r33, translation, batch,
     file), ranking.json (the same plus settings, batches, skipped files, the first pass's
     bound when there was one, and each candidate's next-best placements), models/rankNNN_<name>.cif (the best ``top``
-    candidates in their best placement, all atoms) and identify_log.txt. Files of these
+    candidates in their best placement, all atoms; none for a candidate the first pass
+    screened out) and identify_log.txt. Files of these
     names are replaced (they belong to this run); nothing else is touched.
 
     Returns:
@@ -98,7 +101,8 @@ def write_identify_outputs(result: IdentifyResult, outdir, *, top: int = 10,
     paths["models"].mkdir(exist_ok=True)
     models = []
     for c in result.candidates[: int(top)]:
-        if not np.all(np.isfinite(c.rotation)):
+        # A candidate the first pass screened out has a coarse pose but no fit: no model.
+        if c.screened or not np.all(np.isfinite(c.rotation)):
             continue
         p = paths["models"] / _model_name(c, fmt)
         write_structure(p, result.structure(c, moved=False), c.rotation, c.translation,

@@ -207,11 +207,19 @@ def identify(target, library, resolution: float, threshold: float | None = None,
     fparams = params
     resolution = check_resolution(resolution)
 
+    if settings.first_pass and (resume or client is not None):  # before any work
+        raise DifffitInputError(f"{opt('first_pass', True)} does not combine with "
+                                f"{opt('resume', True) if resume else 'a Dask client'} yet: "
+                                f"its batches are decided as the run goes")
     folder = None
     if outdir is not None:
         outdir = Path(outdir)
+        # A forced restart removes the earlier run's files, so that models/ cannot hold a
+        # ranking the new ranking.csv does not list.
         folder = RunFolder(outdir, "checkpoint/state.json",
-                           owned=("checkpoint/batch_*.json",), what="identify")
+                           owned=("checkpoint/batch_*.json", "models/rank[0-9]*_*.cif",
+                                  "models/rank[0-9]*_*.pdb", "ranking.csv", "ranking.json",
+                                  "identify_log.txt", "report.html"), what="identify")
         if not resume:  # refuse an occupied folder before reading a large library
             check_outdir(outdir, force)
 
@@ -230,10 +238,6 @@ def identify(target, library, resolution: float, threshold: float | None = None,
 
     done: dict[int, dict] = {}
     if settings.first_pass:
-        if resume or client is not None:
-            raise DifffitInputError(f"{opt('first_pass', True)} does not combine with "
-                                    f"resume or a Dask client yet: its batches are decided "
-                                    f"as the run goes")
         plan = []  # decided by the first pass
     if folder is not None:
         state = folder.open(key, resume, force)
