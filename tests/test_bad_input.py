@@ -243,7 +243,7 @@ ROWS = [
                                        "--voxel-size", "1.38"),
         0, None, absent=r"warning", writes=True, slow=True),
     Row("resolution_1000_on_a_1.37_A_map", _fit("demo_map", "pacrg", "-r", "1000", *REDUCED),
-        2, r"resolution 1000 A is coarser than the map's whole box .*--resolution"),
+        2, r"density2\.mrc(\.gz)?: resolution 1000 A is coarser than the map's whole box .*--resolution"),
     Row("voxel_size_0.001", _fit("demo_map", "pacrg", "-r", "4", "--voxel-size", "0.001"),
         2, r"coarser than the map's whole box .*voxel size 0\.001 A.*--voxel-size"),
     Row("model_10x_larger_than_the_box", _fit("demo_map", "big", "-r", "4", *REDUCED),
@@ -253,7 +253,7 @@ ROWS = [
     Row("threshold_below_the_minimum", _fit("demo_map", "pacrg", "-r", "4", "-t", "-100"),
         2, r"threshold -100 is below the map's minimum.*raise --threshold"),
     Row("threshold_above_the_maximum", _fit("demo_map", "pacrg", "-r", "4", "-t", "100"),
-        2, r"threshold 100 is at or above the map's maximum.*lower --threshold"),
+        2, r"density2\.mrc(\.gz)?: threshold 100 is at or above the map's maximum.*lower --threshold"),
     Row("mode_1_header_over_float32_data", _fit("mode1", "daq_model", "-r", "5"),
         2, r"mode 1 \(int16, 2 bytes per voxel\) on a 35 x 52 x 47 grid needs 171080 bytes, "
            r"the file holds 342160, which fits mode 2 \(float32\)"),

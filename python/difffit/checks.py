@@ -158,25 +158,26 @@ def check_map(dmap, resolution: float, threshold: float) -> list[Finding]:
     """The resolution against the voxel size and the box; the contour against the map's
     values."""
     out = []
+    at = f"{dmap.path}: " if getattr(dmap, "path", None) else ""  # the file the finding is about
     vs = dmap.voxel_size
     box = np.array(dmap.shape_xyz, dtype=np.float64) * vs
     box_text = " x ".join(f"{b:.3g}" for b in box)
     if resolution > box.max():
         out.append(Finding(
             "error",
-            f"resolution {resolution:g} A is coarser than the map's whole box ({box_text} A, "
+            f"{at}resolution {resolution:g} A is coarser than the map's whole box ({box_text} A, "
             f"voxel size {_vs(vs)} A): simulated maps would be featureless blobs and every "
             f"score meaningless. Give the resolution in Angstrom ({opt('resolution')}), and "
             f"check the voxel size ({opt('voxel_size')})"))
     elif resolution > box.min() / 2:
         out.append(Finding(
             "warning",
-            f"resolution {resolution:g} A is coarse for the map's box ({box_text} A): check "
+            f"{at}resolution {resolution:g} A is coarse for the map's box ({box_text} A): check "
             f"{opt('resolution')} (in Angstrom) and the voxel size ({opt('voxel_size')})"))
     if resolution < 2 * vs.max() * 0.999:
         out.append(Finding(
             "warning",
-            f"resolution {resolution:g} A is finer than the map can hold: with voxels of "
+            f"{at}resolution {resolution:g} A is finer than the map can hold: with voxels of "
             f"{_vs(vs)} A the finest is {2 * vs.max():.3g} A (2 x voxel size). Check "
             f"{opt('resolution')} and the map's voxel size ({opt('voxel_size')})"))
 
@@ -184,18 +185,18 @@ def check_map(dmap, resolution: float, threshold: float) -> list[Finding]:
     values = f"the map's values run from {lo:.4g} to {hi:.4g}"
     if threshold >= hi:
         out.append(Finding(
-            "error", f"threshold {threshold:.4g} is at or above the map's maximum: no voxel is "
+            "error", f"{at}threshold {threshold:.4g} is at or above the map's maximum: no voxel is "
                      f"inside the contour ({values}); lower {opt('threshold')}"))
     elif threshold < lo:
         out.append(Finding(
-            "error", f"threshold {threshold:.4g} is below the map's minimum: every voxel is "
+            "error", f"{at}threshold {threshold:.4g} is below the map's minimum: every voxel is "
                      f"inside the contour, so there is no envelope to fit into and every atom "
                      f"counts as inside ({values}); raise {opt('threshold')}"))
     else:
         inside = float(np.count_nonzero(dmap.data > threshold)) / dmap.data.size
         if inside > 0.5:
             out.append(Finding(
-                "warning", f"{100 * inside:.0f} % of the map's box is above the contour "
+                "warning", f"{at}{100 * inside:.0f} % of the map's box is above the contour "
                            f"{threshold:.4g} ({values}): a molecule rarely fills its box; "
                            f"is {opt('threshold')} too low?"))
     return out
