@@ -287,6 +287,19 @@ def test_cli_identify_writes_ranking_models_report_and_resumes(shared_data, smal
 
 
 @pytest.mark.slow
+def test_table_shows_cam_beside_a_zscore_ranking(reference):
+    """Ranked by z, the table's second number is cam (not the z-score again)."""
+    import copy
+
+    by_z = copy.copy(reference)
+    by_z.score = "zscore"
+    assert reference.summary_table().splitlines()[0].split()[3:5] == ["cam", "z"]
+    assert by_z.summary_table().splitlines()[0].split()[3:5] == ["zscore", "cam"]
+    first = by_z.summary_table().splitlines()[2].split()
+    assert float(first[4]) == pytest.approx(reference.candidates[0].metric("cam"), abs=1e-3)
+
+
+@pytest.mark.slow
 def test_identify_report_refuses_to_overwrite(reference, tmp_path):
     path = identify_report(reference, tmp_path / "r.html")
     with pytest.raises(FileExistsError):

@@ -471,11 +471,15 @@ class IdentifyResult(_Placements):
     def summary_table(self, top: int = 10) -> str:
         """A short ranked text table of the best ``top`` candidates (no trailing newline)."""
         shown = self.candidates[: max(int(top), 0)]
+        # Beside the ranking score, the other of cam and z (z twice says nothing).
+        other = "cam" if self.score == "zscore" else "z"
         lines = [(str(c.rank), c.name + (" *" if c.screened else ""), str(c.n_atoms),
-                  "-" if c.screened else f"{c.score:.3f}", "-" if c.screened else f"{c.zscore:.2f}",
+                  "-" if c.screened else f"{c.score:.3f}",
+                  _number(c.metric("cam"), 3) if other == "cam" else
+                  "-" if c.screened else f"{c.zscore:.2f}",
                   "-" if c.screened else str(c.hits), _number(c.metric('correlation'), 3),
                   _number(c.metric('inside_fraction'), 2), fmt_centre(c.centre)) for c in shown]
-        text = text_table(("rank", "candidate", "atoms", self.score, "z", "hits", "corr",
+        text = text_table(("rank", "candidate", "atoms", self.score, other, "hits", "corr",
                            "inside", "centre (x, y, z) A"), lines, left=(1,))
         if len(self.candidates) > len(lines):
             text.append(f"... {len(self.candidates) - len(lines)} more in ranking.csv")
