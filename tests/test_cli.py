@@ -99,6 +99,20 @@ def test_python_dash_m(tmp_path):
     assert proc.returncode == 0 and "difffit" in proc.stdout
 
 
+def test_progress_bars_stay_out_of_a_log(daq_map, daq_model, tmp_path):
+    """With stderr going to a file (a batch job's log), no progress bar is drawn: each
+    redraw would be one more fragment in the log. The warnings and messages stay."""
+    log = tmp_path / "job.log"
+    with open(log, "w") as err:
+        proc = subprocess.run([sys.executable, "-m", "difffit", "fit", str(daq_map), str(daq_model),
+                               "-r", "5", *REDUCED, "-o", str(tmp_path / "out")],
+                              stdout=subprocess.DEVNULL, stderr=err, timeout=300)
+    assert proc.returncode == 0
+    text = log.read_text()
+    assert "difffit: fitting 1 structure(s)" in text
+    assert "step/s" not in text and "\r" not in text
+
+
 def test_fit_writes_outputs(daq_map, daq_model, capsys, tmp_path):
     out = tmp_path / "fit"
     code, stdout, err = run(capsys, "fit", daq_map, daq_model, "--resolution", "5", "-o", out,

@@ -13,6 +13,7 @@ import gemmi
 from .errors import DifffitInputError, opt
 from .runs import structure_fingerprint
 from .structures import Structure, read_structure
+from .progress import progress_bar
 
 __all__ = ["library_files", "Entry", "read_library", "plan_batches"]
 
@@ -103,8 +104,7 @@ def read_library(sources, selection: str, skip_bad: bool, progress: bool
     skipped: list[tuple[str, str]] = []
     it = sources
     if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(sources, desc="reading library", unit="file", leave=False)
+        it = progress_bar(sources, desc="reading library", unit="file", leave=False)
     for src in it:
         try:
             s = src if isinstance(src, Structure) else read_structure(src, selection=selection)

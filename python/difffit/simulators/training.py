@@ -29,6 +29,7 @@ from .learned import (DEFAULT_CONFIG, base_sigma, build_discriminator, build_gen
                       load_checkpoint, molmap_input, save_checkpoint)
 from .unet import gaussian_blur
 from .scores import map_scores
+from ..progress import progress_bar
 
 MIN_CORRELATION = 0.65   # struc2mapGAN's curation: simulated vs experimental correlation
 MAX_UNMODELLED = 0.30    # strong density (mean + 2 sd) farther than the model's envelope
@@ -406,8 +407,7 @@ def train(train_data: Sequence[PairData], val_data: Sequence[PairData], outdir, 
             log(f"epoch 0 (the base, untrained): validation loss {history[0]['val_loss']:.5f}")
     bar = None
     if progress and start <= epochs:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=(epochs - start + 1) * steps, desc="training", unit="step")
+        bar = progress_bar(total=(epochs - start + 1) * steps, desc="training", unit="step")
     bce = torch.nn.BCEWithLogitsLoss()
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()

@@ -49,6 +49,7 @@ from ..search import Batch, chunks, optimise, refine_against_map
 from .mapfit import MAP_SOURCE_OPTIONS, is_map_source, map_as_structure
 from ..starts import (first_round, focus_iters, focus_per_pose, focused_starts, scan_volume, scanned_starts,
                       spread_positions, starts_per_structure)
+from ..progress import progress_bar
 from ..structures import (Structure, alphafold_evidence, read_structure,
                           trace_mask, with_min_plddt)
 
@@ -222,8 +223,7 @@ def _search(su: _Setup, progress: bool) -> _Searched:
                                              params)                          # [M*N*R, .]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=0, desc="fitting", unit="step")
+        bar = progress_bar(total=0, desc="fitting", unit="step")
     n_iters = params.n_iters
     if su.coarse is not None:  # recorded: the atom steps only (coarse scores are another scale)
         quat0, trans0 = coarse_descent(su.coarse, su.origin, su.voxel, quat0, trans0, mol0,

@@ -66,6 +66,7 @@ from ..results import Candidate, IdentifyResult
 from ..runs import RunFolder, check_outdir, key_hash, map_fingerprint
 from ..structures import Structure, read_structure
 from .prescreen import first_pass, first_pass_line, run_rounds, screened_evidence
+from ..progress import progress_bar
 
 __all__ = ["identify"]
 
@@ -261,8 +262,7 @@ def identify(target, library, resolution: float, threshold: float | None = None,
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(entries), initial=sum(len(plan[b]) for b in done),
+        bar = progress_bar(total=len(entries), initial=sum(len(plan[b]) for b in done),
                    desc="identify", unit="structure")
     best: tuple[float, str] | None = None
     computed: set[int] = set()  # batches fitted in this run (the rest: from the checkpoint)
